@@ -1,0 +1,1 @@
+"""Generative-feedback post-training of vision towers (DIVA, un2CLIP, GenHancer)."""

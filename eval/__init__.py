@@ -1,0 +1,1 @@
+"""Benchmarks that measure what an enhanced tower buys: MMVP-VLM, MMVP, CV-Bench, general VQA."""
