@@ -185,6 +185,8 @@ def test_mmvp_labels_match_pixels_except_the_original_swaps(data_zoo):
         assert (label_says_more == more) != is_swapped, (start + 1, pixels, df["Correct Answer"][start:start + 2])
         checked[is_swapped] += 1
     assert checked[True] == 2 and checked[False] > 10
+    # as in the original release file
+    assert [df["Correct Answer"][q - 1] for pair in MMVP_SWAPPED_QUESTIONS for q in pair] == ["(a)", "(b)"] * 2
 
 
 def test_cv_bench_parquet_loads_with_datasets(data_zoo):

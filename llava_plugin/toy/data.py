@@ -62,7 +62,9 @@ MMVP_VLM_TYPES = ("Orientation", "Presence", "State", "Quantity", "Spatial", "Co
                   "Text", "Camera Perspective")
 MMVP_VLM_PAIRS_PER_TYPE = 15
 MMVP_PAIRS = 150
-MMVP_SWAPPED_QUESTIONS = ((99, 100), (279, 280))  # 1-based, swapped in the original release
+# 1-based question numbers whose labels the original release swapped: it reads (a), (b) for
+# each of these pairs where the images say (b), (a); later releases (lmms-lab-eval/MMVP) fixed them.
+MMVP_SWAPPED_QUESTIONS = ((99, 100), (279, 280))
 PRETRAIN_INSTRUCTIONS = (
     "Describe the image concisely.", "Provide a brief description of the given image.",
     "Give a short and clear explanation of the subsequent image.", "Write a terse but informative summary of the picture.",
@@ -277,6 +279,9 @@ def _write_mmvp(root: Path, rng: random.Random) -> dict[str, Path]:
         pair: Pair = draw_pair(rng, PATTERNS[p * len(PATTERNS) // MMVP_PAIRS])
         options = list(pair.options)
         order = [0, 1] if rng.random() < 0.5 else [1, 0]
+        if any(first == 2 * p + 1 for first, _ in MMVP_SWAPPED_QUESTIONS):
+            # the original release reads (a), (b) here where the truth is (b), (a)
+            order = [1, 0]
         options = [options[k] for k in order]
         for scene, true_option in zip(pair.scenes, pair.answers):
             index = len(rows) + 1
