@@ -109,8 +109,8 @@ COLOURS = ["red", "green", "blue", "yellow", "white", "black", "purple", "orange
 POSITIONS = ["left", "right", "top", "bottom", "center", "above", "below", "next to", "behind",
              "in front of", "closer to the camera", "farther from the camera"]
 COUNT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-SYSTEM_PROMPT = ("A chat between a curious human and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 QUESTION_TEMPLATES = [
     "What color is the {shape}?",
     "How many {shape}s are in the image?",
