@@ -94,12 +94,13 @@ def write_tiny_siglip(out: Path, seed: int) -> Path:
     """A google/siglip-* lookalike: SiglipModel + SiglipImageProcessor + sentencepiece tokenizer."""
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipTokenizer
 
-    from llava_plugin.toy.llm import train_sentencepiece
-    from llava_plugin.toy.text import corpus
+    from llava_plugin.toy.llm import scene_corpus, train_sentencepiece
 
     out.mkdir(parents=True, exist_ok=True)
     spm_path = out / "spiece.model"
-    train_sentencepiece(corpus(seed), spm_path, vocab_size=400, seed=seed)
+    # SigLIP's spiece.model is a T5-style unigram model
+    train_sentencepiece(scene_corpus(seed, n_sentences=1000), spm_path, vocab_size=400, seed=seed,
+                        model_type="unigram")
     tokenizer = SiglipTokenizer(vocab_file=str(spm_path), model_max_length=16)
     tokenizer.save_pretrained(out)
     torch.manual_seed(seed)
