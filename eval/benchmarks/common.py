@@ -1,0 +1,109 @@
+"""What every benchmark shares: the results files, image reading that never crashes a run,
+layout errors that say which file was expected where, and accuracy arithmetic.
+
+A results directory holds
+- `predictions.jsonl`: one JSON line per sample with at least `id`, `prompt`, `raw_answer`,
+  `parsed`, `gold`, `correct` (plus benchmark fields such as `category` or `source`);
+- `metrics.json`: `benchmark`, `config` (model/tower spec, parser, options: everything that
+  shaped the predictions), `headline` (the numbers `compare` tabulates, in percent), the full
+  breakdown, and `missing_images` / `unparseable` (`count` + `ids`).
+
+Metrics are a pure function of (predictions, config): `python -m eval rescore DIR` re-parses
+the raw answers, rescores, and must reproduce metrics.json exactly.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The data directory is not in the benchmark's published layout."""
+
+    def __init__(self, benchmark: str, expected: str, path: Path | str, hint: str = ""):
+        message = f"{benchmark}: expected {expected} at {path}"
+        if hint:
+            message += f". {hint}"
+        super().__init__(message)
+
+
+def require_file(benchmark: str, path: Path, what: str, hint: str = "") -> Path:
+    if not path.is_file():
+        raise DatasetLayoutError(benchmark, what, path, hint)
+    return path
+
+
+def require_dir(benchmark: str, path: Path, what: str, hint: str = "") -> Path:
+    if not path.is_dir():
+        raise DatasetLayoutError(benchmark, what, path, hint)
+    return path
+
+
+def open_rgb(path: Path | str) -> Image.Image | None:
+    """The image as RGB, or None when the file is missing, empty, truncated or not an image:
+    the caller counts the sample as wrong and lists it, the run goes on."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError):
+        return None
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def percent(flags: Iterable[bool]) -> float | None:
+    """Accuracy in percent; None for an empty group (never a silent 0)."""
+    flags = list(flags)
+    return 100.0 * sum(bool(f) for f in flags) / len(flags) if flags else None
+
+
+def mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the values; None if any is None (a missing group must not vanish from an average)."""
+    values = list(values)
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+def problem_lists(predictions: list[dict]) -> dict:
+    """`missing_images` and `unparseable` (ids in prediction order): both count as wrong."""
+    missing = [p["id"] for p in predictions if p.get("missing_image")]
+    unparseable = [p["id"] for p in predictions if not p.get("missing_image") and p["parsed"] is None]
+    return {"missing_images": {"count": len(missing), "ids": missing},
+            "unparseable": {"count": len(unparseable), "ids": unparseable}}
+
+
+def write_results(out_dir: Path | str, predictions: list[dict], metrics: dict) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / PREDICTIONS_FILE, "w") as f:
+        for p in predictions:
+            f.write(json.dumps(p) + "\n")
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return out
+
+
+def read_predictions(results_dir: Path | str) -> list[dict]:
+    path = Path(results_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {PREDICTIONS_FILE} in {results_dir}: is it a results directory of `python -m eval`?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(results_dir: Path | str) -> dict:
+    path = Path(results_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_FILE} in {results_dir}: is it a results directory of `python -m eval`?")
+    return json.loads(path.read_text())

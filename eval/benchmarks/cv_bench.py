@@ -1,0 +1,187 @@
+"""CV-Bench: 2,638 vision-centric multiple-choice questions (2D Count/Relation on ADE20K and COCO,
+3D Depth/Distance on Omni3D), answers like "(C)".
+
+Data: a local copy of nyu-visionx/CV-Bench: `test_2d.parquet` + `test_3d.parquet` (the current
+layout), or the older single `test.parquet`; each row has idx, type, task, image (HF Image struct
+of bytes/path), question, choices, answer, prompt, source. Each row's `prompt` is sent as is.
+
+Two parsers (named in metrics.json):
+- `cambrian` (default, Cambrian-1's scorer): lowercase, keep the text after the last
+  "answer is"/"answer is:"/"answer:", strip spaces, trailing `.:,`, a leading `(` and a trailing
+  `)`, keep the first character; correct if it is the gold letter or equals the gold choice text
+  (which matters for one-character choices such as counts).
+- `lmms` (lmms-eval 0.7's cv_bench): a letter at the very start after optional `(`/spaces. It reads
+  "The answer is (B)" as "T".
+
+Scores: accuracy per task and per source; the official CV-Bench numbers 2D = mean(ADE20K, COCO),
+3D = Omni3D, overall = mean(2D, 3D); and pooled accuracy over all questions (what lmms-eval
+reports), which differs from the official one whenever sources are unbalanced.
+"""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from eval.benchmarks.common import DatasetLayoutError, mean, percent, problem_lists, require_dir
+
+NAME = "cv_bench"
+PARQUET_LAYOUTS = (("test_2d.parquet", "test_3d.parquet"), ("test.parquet",))
+REQUIRED_COLUMNS = ("idx", "type", "task", "image", "question", "choices", "answer", "prompt", "source")
+SOURCES_2D = ("ADE20K", "COCO")
+SOURCE_3D = "Omni3D"
+PARSERS = ("cambrian", "lmms")
+LETTERS = "ABCDEFGH"
+
+
+def load(data_dir: Path | str) -> list[dict]:
+    """Rows as dicts, `image` decoded lazily by `row_image`. Raises naming the expected files."""
+    import pyarrow.parquet as pq
+
+    root = require_dir(NAME, Path(data_dir), "a local copy of nyu-visionx/CV-Bench")
+    for layout in PARQUET_LAYOUTS:
+        if all((root / name).is_file() for name in layout):
+            files = [root / name for name in layout]
+            break
+    else:
+        expected = " or ".join(" + ".join(layout) for layout in PARQUET_LAYOUTS)
+        raise DatasetLayoutError(NAME, expected, root,
+                                 "download the dataset with `huggingface-cli download nyu-visionx/CV-Bench "
+                                 "--repo-type dataset --local-dir DIR`")
+    rows = []
+    for path in files:
+        table = pq.read_table(path)
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise DatasetLayoutError(NAME, f"columns {list(REQUIRED_COLUMNS)}", path, f"missing {missing}")
+        rows.extend(table.to_pylist())
+    return rows
+
+
+def row_image(row: dict) -> Image.Image | None:
+    """Decode the HF Image struct ({bytes, path}); None if it cannot be read."""
+    image = row.get("image") or {}
+    try:
+        data = image.get("bytes")
+        if data:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                return im.convert("RGB")
+    except (OSError, SyntaxError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- parsers
+def parse_cambrian(text: str | None) -> str | None:
+    """Cambrian-1's CV-Bench reading: the first character after the last 'answer is'/'answer:'."""
+    if text is None:
+        return None
+    t = text.lower().strip()
+    for keyword in ("answer is", "answer is:", "answer:"):
+        if keyword in t:
+            t = t.split(keyword)[-1]
+    t = t.strip().rstrip(".:,").lstrip("(").rstrip(")")
+    return t[:1].upper() if t else None
+
+
+def parse_lmms(text: str | None) -> str | None:
+    """lmms-eval's CV-Bench reading: a letter at the very start (so 'The answer is (B)' -> 'T')."""
+    if text is None:
+        return None
+    match = re.match(r"[\(\s]*([A-Z])[\)\.\s]*", text.strip(), flags=re.IGNORECASE)
+    return match[1].upper() if match else None
+
+
+def parse(text: str | None, parser: str) -> str | None:
+    if parser == "cambrian":
+        return parse_cambrian(text)
+    if parser == "lmms":
+        return parse_lmms(text)
+    raise ValueError(f"unknown CV-Bench parser {parser!r}; known parsers: {PARSERS}")
+
+
+def is_correct(parsed: str | None, gold: str, choices: list[str], parser: str) -> bool:
+    if parsed is None:
+        return False
+    if parsed == gold:
+        return True
+    # Cambrian also accepts the gold choice's text (its parse keeps one character, so this
+    # only ever matches one-character choices such as counts)
+    gold_text = choices[LETTERS.index(gold)] if gold in LETTERS[:len(choices)] else None
+    return parser == "cambrian" and gold_text is not None and parsed.lower() == str(gold_text).lower()
+
+
+def gold_letter(answer: str) -> str:
+    letter = answer.strip().strip("()").upper()
+    if len(letter) != 1 or letter not in LETTERS:
+        raise ValueError(f"CV-Bench answer {answer!r} is not of the form '(C)'")
+    return letter
+
+
+# ---------------------------------------------------------------- pure scoring
+def make_prediction(row: dict, prompt: str, raw: str | None, parser: str, missing_image: bool) -> dict:
+    gold = gold_letter(row["answer"])
+    parsed = parse(raw, parser)
+    return {"id": row["idx"], "prompt": prompt, "raw_answer": raw, "parsed": parsed, "gold": gold,
+            "correct": is_correct(parsed, gold, list(row["choices"]), parser), "type": row["type"],
+            "task": row["task"], "source": row["source"], "choices": list(row["choices"]),
+            "missing_image": missing_image}
+
+
+def rejudge(prediction: dict, config: dict) -> dict:
+    parser = config["parser"]
+    parsed = parse(prediction["raw_answer"], parser)
+    return {**prediction, "parsed": parsed,
+            "correct": is_correct(parsed, prediction["gold"], prediction["choices"], parser)}
+
+
+def score(predictions: list[dict], config: dict) -> dict:
+    def by(field: str) -> dict[str, float | None]:
+        groups = sorted({p[field] for p in predictions})
+        return {g: percent(p["correct"] for p in predictions if p[field] == g) for g in groups}
+
+    sources = by("source")
+    missing_sources = [s for s in (*SOURCES_2D, SOURCE_3D) if s not in sources]
+    acc_2d = mean(sources.get(s) for s in SOURCES_2D)
+    acc_3d = sources.get(SOURCE_3D)
+    overall = mean([acc_2d, acc_3d])
+    pooled = percent(p["correct"] for p in predictions)
+    return {
+        "benchmark": NAME,
+        "config": config,
+        "parser": config["parser"],
+        "headline": {"2D_ADE20K": sources.get("ADE20K"), "2D_COCO": sources.get("COCO"), "3D": acc_3d,
+                     "overall": overall},
+        "official": {"2D": acc_2d, "3D": acc_3d, "overall": overall,
+                     "note": "2D = mean(ADE20K, COCO), 3D = Omni3D, overall = mean(2D, 3D)"},
+        "pooled_accuracy": pooled,
+        "per_source": sources,
+        "per_task": by("task"),
+        "per_type": by("type"),
+        "missing_sources": missing_sources,
+        "n_questions": len(predictions),
+        **problem_lists(predictions),
+    }
+
+
+# ---------------------------------------------------------------- model
+def run(model_path: str, data_dir: Path | str, parser: str = "cambrian", batch_size: int = 8,
+        max_new_tokens: int = 64, device: str = "cpu") -> tuple[list[dict], dict]:
+    from eval import mllm
+
+    if parser not in PARSERS:
+        raise ValueError(f"unknown CV-Bench parser {parser!r}; known parsers: {PARSERS}")
+    rows = load(data_dir)
+    model, processor = mllm.load_mllm(model_path, device=device)
+    images = [row_image(r) for r in rows]
+    prompts = [mllm.format_prompt(r["prompt"]) for r in rows]
+    answers = mllm.generate(model, processor, images, prompts, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, desc="cv-bench")
+    predictions = [make_prediction(r, p, a, parser, missing_image=im is None)
+                   for r, p, a, im in zip(rows, prompts, answers, images)]
+    config = {"model": model_path, "data": str(Path(data_dir).resolve()), "parser": parser,
+              "max_new_tokens": max_new_tokens, "decoding": "greedy"}
+    return predictions, score(predictions, config)

@@ -1,0 +1,79 @@
+"""Loading a LLaVA checkpoint and answering prompts about images with batched greedy decoding.
+
+The one place where an evaluation prompt becomes LLaVA-1.5 chat text (`format_prompt`,
+vicuna_v1: system prompt, "USER: <image>\\n{prompt} ASSISTANT:"), and where images are prepared
+as LLaVA-1.5 evaluates them: padded to a square with the processor's mean colour
+(`image_aspect_ratio=pad`) before the processor resizes them. The lmms-eval plugin reuses both.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+# LLaVA-1.5's vicuna_v1 conversation (llava/conversation.py conv_vicuna_v1: separators " " and "</s>")
+VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+IMAGE_TOKEN = "<image>"
+
+
+def format_prompt(prompt: str, with_image: bool = True) -> str:
+    """One user turn in LLaVA-1.5's vicuna_v1 format, ending where the assistant starts."""
+    image = f"{IMAGE_TOKEN}\n" if with_image else ""
+    return f"{VICUNA_V1_SYSTEM} USER: {image}{prompt} ASSISTANT:"
+
+
+def load_mllm(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, processor) from an HF Llava dir or an original LLaVA-1.5 dir, in eval mode."""
+    from llava_plugin.llava import load_llava
+
+    model, processor = load_llava(path, device=device, dtype=dtype)
+    return model.eval(), processor
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Pad the shorter side symmetrically with `fill` (LLaVA-1.5's `image_aspect_ratio=pad`)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), fill)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
+def mean_color(processor) -> tuple[int, int, int]:
+    return tuple(int(round(255 * m)) for m in processor.image_processor.image_mean)
+
+
+@torch.no_grad()
+def generate(model, processor, images: Sequence[Image.Image | None], prompts: Sequence[str], *,
+             batch_size: int = 8, max_new_tokens: int = 64, pad_to_square: bool = True,
+             desc: str = "generate") -> list[str | None]:
+    """Greedy answers, one per (image, prompt). Samples whose image is None get None (the caller
+    counts them as missing), never a text-only guess."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"  # decoder-only batching: the new tokens must line up on the right
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token  # LLaVA-1.5 pads with <unk>
+    fill = mean_color(processor)
+    device = next(model.parameters()).device
+    answers: list[str | None] = [None] * len(prompts)
+    todo = [i for i, im in enumerate(images) if im is not None]
+    for start in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch"):
+        chunk = todo[start:start + batch_size]
+        batch_images = [expand_to_square(images[i], fill) if pad_to_square else images[i] for i in chunk]
+        inputs = processor(images=batch_images, text=[prompts[i] for i in chunk], return_tensors="pt",
+                           padding=True).to(device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                                pad_token_id=tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            answers[i] = text.strip()
+    return answers

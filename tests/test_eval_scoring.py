@@ -1,0 +1,256 @@
+"""Pure scoring, parsing, prompts and data loading of the benchmarks, on hand-made cases whose
+right answers are known."""
+import csv
+import shutil
+
+import pytest
+
+from eval import mllm
+from llava_plugin.toy import build_zoo
+from eval.benchmarks import common, cv_bench, mmvp, mmvp_vlm, zeroshot
+
+
+@pytest.fixture(scope="module")
+def data_zoo(tmp_path_factory):
+    return build_zoo(tmp_path_factory.mktemp("eval_data"), seed=0, parts=["data"])
+
+
+# ---------------------------------------------------------------- MMVP-VLM
+def _vlm(pair, category, qid, correct):
+    gold = "img1" if qid % 2 else "img2"
+    wrong = "img2" if gold == "img1" else "img1"
+    return {"id": qid, "prompt": "", "raw_answer": 0.9, "parsed": gold if correct else wrong, "gold": gold,
+            "correct": correct, "pair": pair, "category": category, "missing_image": False}
+
+
+def test_mmvp_vlm_headline_is_mean_of_category_pair_accuracies():
+    a, b = mmvp_vlm.CATEGORIES[0], mmvp_vlm.CATEGORIES[1]
+    predictions = [
+        _vlm(0, a, 1, True), _vlm(0, a, 2, True),  # pair right
+        _vlm(1, a, 3, True), _vlm(1, a, 4, False),  # one statement wrong -> pair wrong
+        _vlm(2, b, 5, True), _vlm(2, b, 6, True),  # pair right
+    ]
+    metrics = mmvp_vlm.score(predictions, {})
+    assert metrics["categories"][a] == 50.0 and metrics["categories"][b] == 100.0
+    assert metrics["average"] == 75.0 == metrics["headline"]["average"]
+    assert metrics["pair_accuracy"] == pytest.approx(200 / 3)  # pooled over pairs differs from the headline
+    assert metrics["statement_accuracy"] == pytest.approx(500 / 6)
+    assert metrics["categories"][mmvp_vlm.CATEGORIES[2]] is None
+
+
+def test_mmvp_vlm_decision_rule_ties_go_to_image_two():
+    assert mmvp_vlm.judge(0.5) == "img2"
+    assert mmvp_vlm.judge(0.5000001) == "img1"
+    assert mmvp_vlm.judge(0.2) == "img2"
+    assert mmvp_vlm.judge(None) is None
+
+
+def _write_vlm_csv(root, rows):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / mmvp_vlm.IMAGES_DIR).mkdir(exist_ok=True)
+    with open(root / "Questions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(mmvp_vlm.HEADER)
+        writer.writerows(rows)
+
+
+def test_mmvp_vlm_load_pairs_by_position_and_first_rows_type(tmp_path):
+    rows = [[q, "Orientation" if q != 2 else "Oops Wrong Type", f"s{q}"] for q in range(1, 271)]
+    _write_vlm_csv(tmp_path, rows)
+    statements = mmvp_vlm.load(tmp_path)
+    assert len(statements) == 270
+    # both images of pair 0 come from the first row's Type folder
+    assert statements[1].image == tmp_path / "MLLM_VLM Images" / "Orientation" / "2.jpg"
+    assert statements[1].text == "a photo of s2"
+    # category by pair index // 15, whatever the Type column says
+    assert statements[29].category == "Orientation and Direction"
+    assert statements[30].category == "Presence of Specific Features"
+    assert statements[269].category == "Viewpoint and Perspective"
+    assert [s.gold for s in statements[:4]] == ["img1", "img2", "img1", "img2"]
+
+
+def test_mmvp_vlm_layout_errors_name_the_expected_file(tmp_path):
+    with pytest.raises(common.DatasetLayoutError, match="Questions.csv"):
+        mmvp_vlm.load(tmp_path)
+    _write_vlm_csv(tmp_path, [[1, "Orientation", "x"], [2, "Orientation", "y"]])
+    with pytest.raises(common.DatasetLayoutError, match="270 question rows"):
+        mmvp_vlm.load(tmp_path)
+
+
+# ---------------------------------------------------------------- MMVP
+YES_NO = ("Yes", "No")
+
+
+@pytest.mark.parametrize("text, options, expected", [
+    ("A", YES_NO, "A"), ("b", YES_NO, "B"), ("(b)", YES_NO, "B"), ("B.", YES_NO, "B"),
+    ("(a) Yes", YES_NO, "A"), ("A. Yes", YES_NO, "A"), ("B) No", YES_NO, "B"),
+    ("The answer is (B).", YES_NO, "B"), ("Answer: a", YES_NO, "A"),
+    ("Yes", YES_NO, "A"), ("No, the feet are not visible.", YES_NO, "B"), ("Up.", ("Up", "Down"), "A"),
+    # free text must not be mined for a stray letter (lmms-eval's loose search reads these as A)
+    ("It has a long tail", ("Long", "Short"), None),
+    ("A dog is sitting on the grass", YES_NO, None),
+    ("", YES_NO, None), (None, YES_NO, None),
+])
+def test_mmvp_parse_answer(text, options, expected):
+    assert mmvp.parse_answer(text, options) == expected
+
+
+def test_mmvp_pair_accuracy_differs_from_question_accuracy():
+    def pred(index, correct):
+        return {"id": index, "prompt": "", "raw_answer": "A", "parsed": "A", "gold": "A" if correct else "B",
+                "correct": correct, "pair": (index - 1) // 2, "missing_image": False}
+
+    metrics = mmvp.score([pred(1, True), pred(2, True), pred(3, True), pred(4, False)], {})
+    assert metrics["question_accuracy"] == 75.0
+    assert metrics["pair_accuracy"] == 50.0 == metrics["headline"]["pair_accuracy"]
+    with pytest.raises(ValueError, match="exactly 2"):
+        mmvp.score([pred(1, True), pred(2, True), pred(3, True)], {})
+
+
+QUESTION = mmvp.Question(1, "Are the butterfly's feet visible?", "(a) Yes (b) No", ("Yes", "No"), "A", None)
+
+
+def test_mmvp_prompt_snapshots():
+    assert mmvp.build_prompt(QUESTION, "llava") == (
+        "Are the butterfly's feet visible?\nA. Yes\nB. No\n"
+        "Answer with the option's letter from the given choices directly.")
+    assert mmvp.build_prompt(QUESTION, "original") == "Are the butterfly's feet visible? (a) Yes (b) No"
+    with pytest.raises(ValueError, match="known styles"):
+        mmvp.build_prompt(QUESTION, "gpt")
+    assert mllm.format_prompt("Q?") == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions. USER: <image>\nQ? ASSISTANT:")
+
+
+def test_mmvp_options_parse():
+    assert mmvp.parse_options("(a) Open (b) Closed") == ("Open", "Closed")
+    assert mmvp.parse_options("(a) The front (b) The side view") == ("The front", "The side view")
+    with pytest.raises(ValueError):
+        mmvp.parse_options("Open or closed")
+
+
+def test_mmvp_label_swap_switch(data_zoo, tmp_path):
+    root = data_zoo.data["mmvp"]
+    fixed = {q.index: q.gold for q in mmvp.load(root, fix_label_swap=True)}
+    original = {q.index: q.gold for q in mmvp.load(root, fix_label_swap=False)}
+    assert [original[i] for i in (99, 100, 279, 280)] == ["A", "B", "A", "B"]
+    assert [fixed[i] for i in (99, 100, 279, 280)] == ["B", "A", "B", "A"]
+    assert all(fixed[i] == original[i] for i in fixed if i not in (99, 100, 279, 280))
+    # an already corrected file is refused by the fix rather than broken again
+    corrected = tmp_path / "corrected"
+    shutil.copytree(root, corrected)
+    lines = (corrected / "Questions.csv").read_text().splitlines()
+    for i in (99, 100, 279, 280):
+        head, answer = lines[i].rsplit(",", 1)
+        lines[i] = f"{head},{'(b)' if answer == '(a)' else '(a)'}"
+    (corrected / "Questions.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(common.DatasetLayoutError, match="no-fix-label-swap"):
+        mmvp.load(corrected, fix_label_swap=True)
+    assert mmvp.load(corrected, fix_label_swap=False)[98].gold == "B"
+
+
+def test_mmvp_layout_errors(tmp_path):
+    with pytest.raises(common.DatasetLayoutError, match="Questions.csv"):
+        mmvp.load(tmp_path)
+    (tmp_path / "MMVP Images").mkdir()
+    (tmp_path / "Questions.csv").write_text("Index,Question,Options,Correct Answer\n")
+    with pytest.raises(common.DatasetLayoutError, match="lndex"):
+        mmvp.load(tmp_path)
+
+
+# ---------------------------------------------------------------- CV-Bench
+@pytest.mark.parametrize("text, cambrian, lmms", [
+    ("The answer is (B)", "B", "T"),
+    ("(C) 3", "C", "C"),
+    ("B", "B", "B"),
+    ("Answer: c.", "C", "A"),
+    # Cambrian splits on "answer is" before "answer is:", so the colon survives: a faithful quirk
+    ("the correct answer is: (d)", ":", "T"),
+    ("3", "3", None),
+    ("", None, None),
+])
+def test_cv_bench_parsers(text, cambrian, lmms):
+    assert cv_bench.parse_cambrian(text) == cambrian
+    assert cv_bench.parse_lmms(text) == lmms
+
+
+def test_cv_bench_cambrian_accepts_one_character_choice_text():
+    choices = ["1", "2", "3", "0"]
+    assert cv_bench.is_correct("3", "C", choices, "cambrian")
+    assert not cv_bench.is_correct("3", "C", choices, "lmms")
+    assert not cv_bench.is_correct(None, "C", choices, "cambrian")
+    assert cv_bench.gold_letter("(C)") == "C"
+    with pytest.raises(ValueError):
+        cv_bench.gold_letter("C) three")
+
+
+def test_cv_bench_official_and_pooled_differ_on_unbalanced_sources():
+    def pred(i, source, correct):
+        type_ = "3D" if source == "Omni3D" else "2D"
+        return {"id": i, "prompt": "", "raw_answer": "", "parsed": "A", "gold": "A" if correct else "B",
+                "correct": correct, "type": type_, "task": "Depth" if type_ == "3D" else "Count", "source": source,
+                "choices": ["x", "y"], "missing_image": False}
+
+    predictions = ([pred(0, "ADE20K", True), pred(1, "ADE20K", True)]
+                   + [pred(2 + k, "COCO", k == 0) for k in range(4)]
+                   + [pred(6, "Omni3D", True), pred(7, "Omni3D", False)])
+    metrics = cv_bench.score(predictions, {"parser": "cambrian"})
+    assert metrics["per_source"] == {"ADE20K": 100.0, "COCO": 25.0, "Omni3D": 50.0}
+    assert metrics["official"]["2D"] == 62.5 and metrics["official"]["3D"] == 50.0
+    assert metrics["official"]["overall"] == 56.25 == metrics["headline"]["overall"]
+    assert metrics["pooled_accuracy"] == 50.0
+    assert metrics["parser"] == "cambrian"
+    assert metrics["per_task"] == {"Count": pytest.approx(100 * 3 / 6), "Depth": 50.0}
+
+
+def test_cv_bench_missing_source_makes_official_score_none():
+    p = {"id": 0, "prompt": "", "raw_answer": "A", "parsed": "A", "gold": "A", "correct": True, "type": "2D",
+         "task": "Count", "source": "COCO", "choices": ["a", "b"], "missing_image": False}
+    metrics = cv_bench.score([p], {"parser": "lmms"})
+    assert metrics["official"]["overall"] is None and metrics["pooled_accuracy"] == 100.0
+    assert metrics["missing_sources"] == ["ADE20K", "Omni3D"]
+
+
+def test_cv_bench_loads_the_toy_copy(data_zoo, tmp_path):
+    rows = cv_bench.load(data_zoo.data["cv_bench"])
+    assert len(rows) == 48 and cv_bench.row_image(rows[0]).mode == "RGB"
+    with pytest.raises(common.DatasetLayoutError, match="test_2d.parquet"):
+        cv_bench.load(tmp_path)
+
+
+# ---------------------------------------------------------------- zero-shot and shared pieces
+def test_zeroshot_prediction_and_score():
+    classes = ["circle", "square"]
+    right = zeroshot.make_prediction("circle/0.jpg", "circle", [2.0, 1.0], classes)
+    wrong = zeroshot.make_prediction("square/0.jpg", "square", [3.0, 1.0], classes)
+    missing = zeroshot.make_prediction("square/1.jpg", "square", None, classes)
+    metrics = zeroshot.score([right, wrong, missing], {"classes": classes})
+    assert metrics["top1"] == pytest.approx(100 / 3)
+    assert metrics["per_class"] == {"circle": 100.0, "square": 0.0}
+    assert metrics["missing_images"] == {"count": 1, "ids": ["square/1.jpg"]}
+    assert zeroshot.class_prompt("traffic_light") == "a photo of a traffic light."
+
+
+def test_open_rgb_never_raises_on_broken_files(data_zoo):
+    root = data_zoo.data["scenes_corrupt"] / "images"
+    for name in ("empty.jpg", "truncated.jpg", "not_an_image.jpg", "does_not_exist.jpg"):
+        assert common.open_rgb(root / name) is None
+    assert common.open_rgb(root / "063.jpg").mode == "RGB"  # CMYK converted
+    assert common.open_rgb(root / "062.png").mode == "RGB"  # RGBA converted
+
+
+def test_problem_lists_and_percent():
+    preds = [{"id": 1, "parsed": None, "missing_image": True}, {"id": 2, "parsed": None, "missing_image": False},
+             {"id": 3, "parsed": "A", "missing_image": False}]
+    assert common.problem_lists(preds) == {"missing_images": {"count": 1, "ids": [1]},
+                                           "unparseable": {"count": 1, "ids": [2]}}
+    assert common.percent([]) is None and common.mean([1.0, None]) is None
+
+
+def test_expand_to_square_pads_with_the_fill():
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 4), (255, 0, 0))
+    square = mllm.expand_to_square(image, (1, 2, 3))
+    assert square.size == (8, 8)
+    assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((4, 4)) == (255, 0, 0)
