@@ -15,12 +15,14 @@ The family is never guessed from a directory's name, only from the files in it.
 from __future__ import annotations
 
 import json
+import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 
 from llava_plugin.towers import METADATA_FILE, TextEncoder, VisionTower
 
@@ -156,7 +158,7 @@ def wrap_load_errors(spec: str, location: str, load: Callable):
         raise
     except FileNotFoundError as err:
         raise TowerSpecError(spec, f"a file is missing: {err}") from err
-    except (OSError, RuntimeError, ValueError, EOFError, json.JSONDecodeError) as err:
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError, SafetensorError) as err:
         files = sorted(p.name for p in Path(location).glob("*")) if Path(location).is_dir() else []
         raise TowerSpecError(
             spec,
