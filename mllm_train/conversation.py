@@ -193,6 +193,9 @@ def tokenize_conversation(turns: list[Turn], template: ChatTemplate, tokenizer, 
                        for start, end in encoding["offset_mapping"]]
         offset += len(piece)
     labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, supervised)]
+    if input_ids.count(image_token_id) != (len(pieces) - 1) * num_image_tokens:
+        raise ValueError(f"image_token_id {image_token_id} is also an id of the text's tokens (sample "
+                         f"{sample_id!r}); use an id outside the tokenizer's text vocabulary")
     truncated = max_length is not None and len(input_ids) > max_length
     if truncated:
         if input_ids[max_length - 1] == image_token_id and input_ids[max_length] == image_token_id:

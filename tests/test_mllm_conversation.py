@@ -107,6 +107,10 @@ def test_expanded_image_form_matches_collapsed_form(tokenizer):
     assert expanded.input_ids == collapsed.input_ids[:at] + [1000] * 16 + collapsed.input_ids[at + 1:]
     assert expanded.labels == collapsed.labels[:at] + [IGNORE_INDEX] * 16 + collapsed.labels[at + 1:]
     assert expanded.supervised_runs() == collapsed.supervised_runs()
+    # an image token id the text also produces would miscount the image positions
+    star = tokenizer.convert_tokens_to_ids("▁star")
+    with pytest.raises(ValueError, match=f"image_token_id {star} is also an id of the text's tokens"):
+        tokenize_conversation(turns, template, tokenizer, sample_id="e1", image_token_id=star)
 
 
 def test_truncation(tokenizer):

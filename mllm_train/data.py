@@ -1,0 +1,366 @@
+"""LLaVA JSON datasets: reading and checking samples, image preprocessing, the batch collator
+and the modality/length-grouped batch sampler. Independent of DeepSpeed and of the model.
+
+A LLaVA JSON file is a list of records `{"id", "image"?, "conversations": [{"from":
+"human"|"gpt", "value"}, ...]}`; a record with an `image` has exactly one `<image>` tag in a
+human turn, a record without one has none (text-only). `.jsonl` (one record a line) works too.
+
+Bad samples are found when the dataset is built (structure, template fit, image files; with
+`verify=True` also tokenization and decoding every image) and raise `BadSample` naming the id,
+or, with `skip_bad_samples`, are dropped and counted; more than `max_skip_fraction` dropped is
+an error. A problem met later, in `__getitem__`, always raises: skipping it mid-epoch would
+silently change the batches.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from llava_plugin.config import ConfigError
+from mllm_train.conversation import (
+    GPT, HUMAN, IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, BadSample, ChatTemplate, Turn,
+    check_turns, tokenize_conversation,
+)
+
+
+@dataclass
+class DataConfig:
+    """Where the samples are and how they become tensors."""
+
+    data_path: str = field(default="", metadata={"help": "LLaVA JSON (list of records) or JSONL file"})
+    image_folder: str | None = field(default=None, metadata={
+        "help": "folder the records' `image` paths are relative to (required if any record has an image)"})
+    image_aspect_ratio: Literal["pad", "resize", "crop"] = field(default="pad", metadata={
+        "help": "pad: pad to square with the processor's mean colour, then preprocess (LLaVA-1.5); "
+                "resize: stretch to the processor's output size; crop: the processor as is "
+                "(CLIP: resize shortest side + center crop)"})
+    max_length: int = field(default=2048, metadata={
+        "help": "truncate input_ids (image tokens included) to this many tokens (LLaVA's model_max_length)"})
+    skip_bad_samples: bool = field(default=False, metadata={
+        "help": "drop and count samples that fail the checks instead of raising"})
+    max_skip_fraction: float = field(default=0.01, metadata={
+        "help": "with skip_bad_samples: raise if more than this fraction of the samples was dropped"})
+    verify: bool = field(default=False, metadata={
+        "help": "also tokenize every sample and decode every image when the dataset is built "
+                "(slower; catches every bad sample before training starts)"})
+
+    def validate(self) -> None:
+        if not self.data_path:
+            raise ConfigError("data.data_path is required: the LLaVA JSON file to train on")
+        if self.max_length < 1:
+            raise ConfigError(f"data.max_length={self.max_length}: must be positive (LLaVA-1.5 uses 2048)")
+        if not 0 <= self.max_skip_fraction <= 1:
+            raise ConfigError(f"data.max_skip_fraction={self.max_skip_fraction}: must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: str | None  # path relative to the image folder
+    turns: tuple[Turn, ...]
+
+    @property
+    def num_words(self) -> int:
+        """LLaVA's cheap length proxy for grouping: whitespace-separated words of all turns."""
+        return sum(len(turn.text.split()) for turn in self.turns)
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a LLaVA .json (a list) or .jsonl file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LLaVA data file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON{'L' if path.suffix == '.jsonl' else ''}: {err}") from err
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path} must hold a list of records like "
+                         f'{{"id": ..., "image": ..., "conversations": [...]}}')
+    return records
+
+
+def parse_record(record: dict, index: int) -> Sample:
+    """A LLaVA record as a Sample; BadSample if its fields are malformed or its image tags do not
+    match its `image` field. (Turn order and template fit are checked by `check_turns`.)"""
+    sample_id = str(record.get("id", f"#{index}"))
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list):
+        raise BadSample(sample_id, "no `conversations` list")
+    turns = []
+    for i, message in enumerate(conversations):
+        if not isinstance(message, dict) or not isinstance(message.get("value"), str):
+            raise BadSample(sample_id, f"conversations[{i}] must be {{'from': ..., 'value': str}}")
+        if message.get("from") not in (HUMAN, GPT):
+            raise BadSample(sample_id, f"conversations[{i}] is from {message.get('from')!r}; "
+                                       f"expected {HUMAN!r} or {GPT!r}")
+        turns.append(Turn(message["from"], message["value"]))
+    image = record.get("image")
+    n_tags = sum(turn.text.count(IMAGE_PLACEHOLDER) for turn in turns)
+    if image is not None and not isinstance(image, str):
+        raise BadSample(sample_id, f"`image` must be one relative path, got {image!r}")
+    if image and n_tags != 1:
+        raise BadSample(sample_id, f"has an image but {n_tags} {IMAGE_PLACEHOLDER} tags; put exactly one "
+                                   f"{IMAGE_PLACEHOLDER} in the first human turn")
+    if not image and n_tags:
+        raise BadSample(sample_id, f"has {n_tags} {IMAGE_PLACEHOLDER} tag(s) but no `image` field")
+    return Sample(id=sample_id, image=image or None, turns=tuple(turns))
+
+
+def load_image(path: Path, sample_id):
+    """The image as RGB; BadSample naming the sample if it is missing or cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as err:
+        raise BadSample(sample_id, f"image {path} does not exist") from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise BadSample(sample_id, f"image {path} cannot be read ({type(err).__name__}: {err})") from err
+
+
+def processor_output_size(processor) -> tuple[int, int]:
+    """(height, width) of the processor's pixel_values."""
+    size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    if get("height") and get("width"):
+        return int(get("height")), int(get("width"))
+    if get("shortest_edge"):
+        return int(get("shortest_edge")), int(get("shortest_edge"))
+    raise ValueError(f"cannot tell the output size of {type(processor).__name__} (size={size})")
+
+
+def pad_to_square(image, background: tuple[int, int, int]):
+    """Centre the image on a square canvas of its longer side, filled with `background`
+    (LLaVA-1.5's expand2square, so the tower sees the whole image undistorted)."""
+    from PIL import Image
+
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def preprocess_image(image, processor, aspect_ratio: str) -> torch.Tensor:
+    """pixel_values (3, H, W) of one RGB image, per DataConfig.image_aspect_ratio."""
+    from PIL import Image
+
+    if aspect_ratio == "pad":
+        image = pad_to_square(image, tuple(int(x * 255) for x in processor.image_mean))
+    elif aspect_ratio == "resize":
+        height, width = processor_output_size(processor)
+        image = image.resize((width, height), Image.BICUBIC)
+    elif aspect_ratio != "crop":
+        raise ValueError(f"image_aspect_ratio {aspect_ratio!r}: expected pad, resize or crop")
+    return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+class LlavaDataset(torch.utils.data.Dataset):
+    """Samples of one LLaVA JSON file, tokenized with `template` on access.
+
+    Items: `{"id", "input_ids", "labels", "pixel_values"}` (pixel_values None for text-only
+    samples). The image tag becomes `num_image_tokens` x `image_token_id`: for HF Llava, the
+    model's image token once per patch token; the defaults give original LLaVA's single -200.
+    """
+
+    def __init__(self, config: DataConfig, tokenizer, template: ChatTemplate, image_processor=None, *,
+                 image_token_id: int = IMAGE_TOKEN_INDEX, num_image_tokens: int = 1):
+        config.validate()
+        self.config, self.tokenizer, self.template = config, tokenizer, template
+        self.image_processor = image_processor
+        self.image_token_id, self.num_image_tokens = image_token_id, num_image_tokens
+        self.image_folder = Path(config.image_folder) if config.image_folder else None
+        records = read_records(config.data_path)
+        self.samples: list[Sample] = []
+        self.skipped: list[BadSample] = []
+        for index, record in enumerate(records):
+            try:
+                self.samples.append(self._checked(record, index))
+            except BadSample as bad:
+                if not config.skip_bad_samples:
+                    raise BadSample(bad.sample_id, f"{bad.problem} (in {config.data_path}; set "
+                                                   f"skip_bad_samples to drop such samples)") from bad
+                self.skipped.append(bad)
+        self.num_records = len(records)
+        if not self.samples:
+            raise ValueError(f"{config.data_path}: no usable sample out of {len(records)}"
+                             + (f"; first problem: {self.skipped[0]}" if self.skipped else ""))
+        if len(self.skipped) > config.max_skip_fraction * len(records):
+            raise ValueError(f"{config.data_path}: {len(self.skipped)} of {len(records)} samples are bad, more "
+                             f"than max_skip_fraction={config.max_skip_fraction}; first problems: "
+                             + "; ".join(str(bad) for bad in self.skipped[:3]))
+
+    def _checked(self, record: dict, index: int) -> Sample:
+        sample = parse_record(record, index)
+        check_turns(list(sample.turns), sample.id, self.template)
+        if sample.image is not None:
+            if self.image_folder is None or self.image_processor is None:
+                raise BadSample(sample.id, "has an image but the dataset got no image_folder/image_processor")
+            path = self.image_folder / sample.image
+            if not path.is_file():
+                raise BadSample(sample.id, f"image {path} does not exist")
+        if self.config.verify:
+            self._tokenize(sample)
+            if sample.image is not None:
+                load_image(self.image_folder / sample.image, sample.id)
+        return sample
+
+    def _tokenize(self, sample: Sample):
+        return tokenize_conversation(
+            list(sample.turns), self.template, self.tokenizer, sample_id=sample.id,
+            image_token_id=self.image_token_id,
+            num_image_tokens=self.num_image_tokens, max_length=self.config.max_length)
+
+    def skip_report(self) -> dict:
+        """How many records were read, kept and dropped, with the first reasons (for logs)."""
+        return {"records": self.num_records, "kept": len(self.samples), "skipped": len(self.skipped),
+                "first_skipped": [str(bad) for bad in self.skipped[:10]]}
+
+    @property
+    def has_image(self) -> list[bool]:
+        return [sample.image is not None for sample in self.samples]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Length proxy per sample for grouping: word count (+ image tokens), as LLaVA groups."""
+        return [sample.num_words + (self.num_image_tokens if sample.image else 0) for sample in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        tokenized = self._tokenize(sample)
+        pixel_values = None
+        if sample.image is not None:
+            image = load_image(self.image_folder / sample.image, sample.id)
+            pixel_values = preprocess_image(image, self.image_processor, self.config.image_aspect_ratio)
+        return {"id": sample.id, "input_ids": torch.tensor(tokenized.input_ids),
+                "labels": torch.tensor(tokenized.labels), "pixel_values": pixel_values}
+
+
+def default_pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its unk id (LLaVA-1.5 pads Vicuna with <unk>). Padding is
+    masked out by attention_mask and labels, so the choice only has to be a valid id."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.unk_token_id):
+        if token_id is not None:
+            return token_id
+    raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither a pad nor an unk token; set pad_token")
+
+
+@dataclass
+class Collator:
+    """Right-pads a list of dataset items into a batch for `model(**batch)`.
+
+    input_ids are padded with `pad_token_id`, labels with IGNORE_INDEX, attention_mask marks
+    the real tokens. `pixel_values` stacks the images of the samples that have one, in batch
+    order, and is absent when none has: text-only samples contribute no image and no image
+    tokens, which is what HF Llava expects (it scatters the i-th image's features into the
+    i-th run of image tokens). Under ZeRO-3 a trainer whose ranks may see image-free batches
+    must still run the tower on every rank (e.g. on a dummy image, multiplied by zero).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(item["input_ids"]) for item in items)
+        input_ids = torch.full((len(items), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = item["input_ids"], item["labels"], 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        images = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
+        if images:
+            batch["pixel_values"] = torch.stack(images)
+        return batch
+
+
+class ModalityLengthGroupedBatchSampler(torch.utils.data.Sampler):
+    """Batches that are all-image or all-text, grouped by length; one rank's share.
+
+    Per epoch (deterministic in seed and epoch): each modality is shuffled and cut into
+    megabatches of `megabatch_mult * world_size * batch_size` samples; a megabatch is sorted
+    by length, cut into steps of `world_size * batch_size`, and each step is dealt into
+    `world_size` batches of similar total length, batch r going to rank r, so all ranks step
+    through the same modality together. `megabatch_mult=1` is LLaVA-1.5's grouping (balance
+    across ranks only); larger values put similar lengths in the same batch (less padding,
+    less randomness). A modality's last partial step is padded to a multiple of `world_size`
+    by repeating its own samples (like DistributedSampler; `drop_last` drops it instead), so
+    every rank gets the same number of batches. Step order is shuffled. Use as
+    `DataLoader(dataset, batch_sampler=sampler, collate_fn=...)` and call `set_epoch(epoch)`.
+    """
+
+    def __init__(self, lengths: list[int], has_image: list[bool], batch_size: int, *, world_size: int = 1,
+                 rank: int = 0, seed: int = 0, drop_last: bool = False, megabatch_mult: int = 1):
+        if len(lengths) != len(has_image):
+            raise ValueError(f"{len(lengths)} lengths but {len(has_image)} has_image flags")
+        if batch_size < 1 or megabatch_mult < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1, megabatch_mult >= 1 and 0 <= rank < world_size; got "
+                             f"batch_size={batch_size}, megabatch_mult={megabatch_mult}, rank={rank}, "
+                             f"world_size={world_size}")
+        self.lengths, self.has_image = list(lengths), list(has_image)
+        self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
+        self.seed, self.drop_last, self.megabatch_mult, self.epoch = seed, drop_last, megabatch_mult, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def steps(self) -> list[list[list[int]]]:
+        """This epoch's global plan: step -> per-rank batches of dataset indices."""
+        rng = random.Random(f"{self.seed}/{self.epoch}")
+        step_size = self.world_size * self.batch_size
+        mega_size = self.megabatch_mult * step_size
+        steps = []
+        for modality in (True, False):
+            indices = [i for i, flag in enumerate(self.has_image) if flag == modality]
+            rng.shuffle(indices)
+            for start in range(0, len(indices), mega_size):
+                mega = sorted(indices[start:start + mega_size], key=lambda i: -self.lengths[i])
+                for k in range(0, len(mega), step_size):
+                    step = mega[k:k + step_size]
+                    if len(step) < step_size:
+                        if self.drop_last:
+                            continue
+                        step = step + [step[j % len(step)] for j in range(-len(step) % self.world_size)]
+                    steps.append(step)
+        rng.shuffle(steps)
+        return [self._deal(step) for step in steps]
+
+    def _deal(self, step: list[int]) -> list[list[int]]:
+        """Longest first, each to the rank with the least total length that still has room."""
+        per_rank = len(step) // self.world_size
+        batches = [[] for _ in range(self.world_size)]
+        totals = [0] * self.world_size
+        for index in sorted(step, key=lambda i: -self.lengths[i]):
+            rank = min((r for r in range(self.world_size) if len(batches[r]) < per_rank), key=lambda r: totals[r])
+            batches[rank].append(index)
+            totals[rank] += self.lengths[index]
+        return batches
+
+    def __iter__(self):
+        for batches in self.steps():
+            yield batches[self.rank]
+
+    def __len__(self) -> int:
+        step_size, count = self.world_size * self.batch_size, 0
+        for modality in (True, False):
+            n = sum(flag == modality for flag in self.has_image)
+            full_megas, rest = divmod(n, self.megabatch_mult * step_size)
+            count += full_megas * self.megabatch_mult + rest // step_size
+            count += bool(rest % step_size) and not self.drop_last
+        return count
