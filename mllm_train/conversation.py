@@ -5,10 +5,13 @@ returns the character spans that are supervised, and the fast tokenizer's offset
 says which tokens fall inside them. A token that straddles a span boundary makes the sample
 an error (`BadSample`, naming its id) instead of a silently shifted or masked sample.
 
-The image is one `<image>` tag in the text. Like LLaVA, the text is split at the tag and each
-piece is tokenized on its own; the tag becomes `num_image_tokens` copies of `image_token_id`:
-one IMAGE_TOKEN_INDEX (-200) for the collapsed form original LLaVA uses (and `inspect`
-prints), or the model's image token repeated once per patch token for HF Llava training.
+The image is one `<image>` tag in the text; it becomes `num_image_tokens` copies of
+`image_token_id`: one IMAGE_TOKEN_INDEX (-200) for the collapsed form original LLaVA uses (and
+`inspect` prints), or the model's image token repeated once per patch token for HF Llava
+training. The text after the tag is tokenized as it is when the tag is a special token, i.e.
+exactly as HF's LlavaProcessor tokenizes the same prompt at inference. (Original LLaVA instead
+tokenizes that piece as a fresh string; with a non-legacy LLaMA tokenizer that adds one "▁"
+token right after the image, e.g. `▁ <image> ▁ \n What` instead of `▁ <image> \n What`.)
 """
 from __future__ import annotations
 
@@ -187,10 +190,9 @@ def tokenize_conversation(turns: list[Turn], template: ChatTemplate, tokenizer, 
             input_ids += [image_token_id] * num_image_tokens
             supervised += [False] * num_image_tokens
             offset += len(IMAGE_PLACEHOLDER)
-        encoding = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
-        input_ids += encoding["input_ids"]
-        supervised += [_is_supervised(offset + start, offset + end, rendered, sample_id)
-                       for start, end in encoding["offset_mapping"]]
+        ids, offsets = _encode(tokenizer, piece, after_special=i > 0)
+        input_ids += ids
+        supervised += [_is_supervised(offset + start, offset + end, rendered, sample_id) for start, end in offsets]
         offset += len(piece)
     labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, supervised)]
     if input_ids.count(image_token_id) != (len(pieces) - 1) * num_image_tokens:
@@ -206,6 +208,22 @@ def tokenize_conversation(turns: list[Turn], template: ChatTemplate, tokenizer, 
         raise BadSample(sample_id, f"no supervised token left after truncation to max_length {max_length}"
                         if truncated else "no supervised token")
     return TokenizedSample(prompt=rendered.text, input_ids=input_ids, labels=labels, truncated=truncated)
+
+
+def _encode(tokenizer, text: str, after_special: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of `text`; with `after_special`, tokenized as it is right
+    after a special token (whether a dummy-prefix space is added there depends on the tokenizer),
+    found by tokenizing it behind the EOS token and dropping that."""
+    if not after_special:
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return encoding["input_ids"], encoding["offset_mapping"]
+    marker = tokenizer.eos_token
+    encoding = tokenizer(marker + text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    if not ids or ids[0] != tokenizer.eos_token_id or tuple(offsets[0]) != (0, len(marker)):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} does not read its EOS token {marker!r} as one "
+                         f"special token in text; it cannot be used for chat templates that write it")
+    return ids[1:], [(start - len(marker), end - len(marker)) for start, end in offsets[1:]]
 
 
 def _is_supervised(start: int, end: int, rendered: Rendered, sample_id) -> bool:

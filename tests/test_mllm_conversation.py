@@ -52,7 +52,8 @@ def test_plain_supervises_caption_and_newline_only(tokenizer):
                                    get_template("plain"), tokenizer, sample_id="p1")
     assert sample.prompt == "<image>a red star\n"
     tokens, supervised = layout(sample, tokenizer)
-    assert tokens == ["<s>", IMG, "▁a", "▁red", "▁star", "\n"]
+    # right after the image there is no dummy-prefix space (as when HF's processor tokenizes it)
+    assert tokens == ["<s>", IMG, "a", "▁red", "▁star", "\n"]
     assert supervised == [2, 3, 4, 5]
     assert [tokenizer.decode(run) for run in sample.supervised_runs()] == ["a red star\n"]
 
@@ -62,11 +63,11 @@ def test_vicuna_single_turn_with_image(tokenizer):
                                    get_template("vicuna_v1"), tokenizer, sample_id="v1")
     assert sample.prompt == SYSTEM + "USER: <image>\nWhat color is the star? ASSISTANT: Red.</s>"
     tokens, supervised = layout(sample, tokenizer)
-    assert tokens == (["<s>"] + SYSTEM_TOKENS + ["▁USER", ":", "▁", IMG, "▁", "\n", "What", "▁color", "▁is",
+    assert tokens == (["<s>"] + SYSTEM_TOKENS + ["▁USER", ":", "▁", IMG, "\n", "What", "▁color", "▁is",
                                                  "▁the", "▁star", "?", "▁ASSISTANT", ":", "▁", "R", "ed", ".",
                                                  "</s>"])
     # from the space after "ASSISTANT:" through "</s>"
-    assert supervised == [44, 45, 46, 47, 48]
+    assert supervised == [43, 44, 45, 46, 47]
     assert [tokens[i] for i in supervised] == ["▁", "R", "ed", ".", "</s>"]
     assert [tokenizer.decode(run) for run in sample.supervised_runs()] == ["Red.</s>"]
 
@@ -78,10 +79,10 @@ def test_vicuna_multi_turn_supervises_every_answer(tokenizer):
     assert sample.prompt == (SYSTEM + "USER: <image>\nWhat color is the star? ASSISTANT: The star is red.</s>"
                              "USER: How many? ASSISTANT: 2 stars.</s>")
     tokens, supervised = layout(sample, tokenizer)
-    assert tokens[30:] == ["▁USER", ":", "▁", IMG, "▁", "\n", "What", "▁color", "▁is", "▁the", "▁star", "?",
+    assert tokens[30:] == ["▁USER", ":", "▁", IMG, "\n", "What", "▁color", "▁is", "▁the", "▁star", "?",
                            "▁ASSISTANT", ":", "▁The", "▁star", "▁is", "▁red", ".", "</s>",
                            "USER", ":", "▁How", "▁many", "?", "▁ASSISTANT", ":", "▁", "2", "▁stars", ".", "</s>"]
-    assert supervised == [44, 45, 46, 47, 48, 49, 57, 58, 59, 60, 61]
+    assert supervised == [43, 44, 45, 46, 47, 48, 56, 57, 58, 59, 60]
     assert [tokenizer.decode(run) for run in sample.supervised_runs()] == ["The star is red.</s>", "2 stars.</s>"]
 
 
@@ -117,9 +118,9 @@ def test_truncation(tokenizer):
     template = get_template("vicuna_v1")
     turns = conversation("<image>\nWhat color is the star?", "The star is red.", "How many?", "2 stars.")
     full = tokenize_conversation(turns, template, tokenizer, sample_id="tr")
-    cut = tokenize_conversation(turns, template, tokenizer, sample_id="tr", max_length=47)
+    cut = tokenize_conversation(turns, template, tokenizer, sample_id="tr", max_length=46)
     assert cut.truncated and not full.truncated
-    assert (cut.input_ids, cut.labels) == (full.input_ids[:47], full.labels[:47])
+    assert (cut.input_ids, cut.labels) == (full.input_ids[:46], full.labels[:46])
     assert [tokenizer.decode(run) for run in cut.supervised_runs()] == ["The star is"]
     # nothing supervised left: an error, not a silently empty sample
     with pytest.raises(BadSample, match="'tr'.*no supervised token left after truncation to max_length 40"):

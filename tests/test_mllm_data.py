@@ -285,3 +285,30 @@ def test_inspect_runs_as_module(tmp_path, toy):
     assert line["prompt"] == "<image>Red.\n" and line["truncated"]
     assert line["input_ids"][:2] == [1, IMAGE_TOKEN_INDEX] and line["labels"][:2] == [IGNORE_INDEX] * 2
     assert len(line["input_ids"]) == 4
+
+
+def test_expanded_form_matches_hf_llava_processor(toy, tokenizer, processor):
+    """Training tokens == what HF's LlavaProcessor feeds the model for the same prompt at inference."""
+    import copy
+
+    from transformers import LlavaProcessor
+
+    with_image = copy.deepcopy(tokenizer)
+    with_image.add_tokens(["<image>"], special_tokens=True)
+    image_token = with_image.convert_tokens_to_ids("<image>")
+    llava = LlavaProcessor(image_processor=processor, tokenizer=with_image, patch_size=8,
+                           vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    cfg = DataConfig(data_path=str(toy.data["llava_finetune"]), image_folder=str(toy.data["llava_image_folder"]))
+    dataset = LlavaDataset(cfg, with_image, get_template("vicuna_v1"), processor, image_token_id=image_token,
+                           num_image_tokens=N_PATCHES)
+    checked = 0
+    for sample in dataset.samples:
+        ours = dataset._tokenize(sample)
+        if sample.image is None:
+            theirs = llava(text=ours.prompt, return_tensors="pt")
+        else:
+            image = Image.open(dataset.image_folder / sample.image).convert("RGB")
+            theirs = llava(text=ours.prompt, images=image, return_tensors="pt")
+        assert theirs["input_ids"][0].tolist() == ours.input_ids, sample.id
+        checked += 1
+    assert checked == len(dataset) > 0
