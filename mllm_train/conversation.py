@@ -71,6 +71,8 @@ class ChatTemplate:
         ends with `assistant_prompt`, ready for the model to answer (evaluation).
         """
         check_turns(turns, sample_id, self, allow_open_end=add_generation_prompt)
+        if add_generation_prompt and turns[-1].role != HUMAN:
+            raise BadSample(sample_id, "add_generation_prompt needs a conversation ending with a human turn")
         text, spans = self.system, []
         for turn in turns:
             if turn.role == HUMAN:

@@ -144,6 +144,8 @@ def test_generation_prompt_for_evaluation():
     rendered = get_template("vicuna_v1").render(conversation("What is this?<image>"), add_generation_prompt=True)
     assert rendered.text == SYSTEM + "USER: <image>\nWhat is this? ASSISTANT:"
     assert rendered.supervised == ()
+    with pytest.raises(BadSample, match="needs a conversation ending with a human turn"):
+        get_template("vicuna_v1").render(conversation("Hi", "Hello."), add_generation_prompt=True)
     # an image-only turn keeps no dangling newline (LLaVA strips the moved tag)
     assert get_template("vicuna_v1").render(conversation("<image>", "A star.")).text == (
         SYSTEM + "USER: <image> ASSISTANT: A star.</s>")

@@ -312,3 +312,23 @@ def test_expanded_form_matches_hf_llava_processor(toy, tokenizer, processor):
         assert theirs["input_ids"][0].tolist() == ours.input_ids, sample.id
         checked += 1
     assert checked == len(dataset) > 0
+
+
+@pytest.mark.parametrize("n, image_fraction, world, batch_size, mult, drop_last", [
+    (1, 1.0, 2, 4, 1, False), (7, 0.3, 3, 1, 3, False), (50, 0.0, 2, 4, 3, True), (97, 0.3, 3, 4, 1, False),
+    (97, 0.3, 2, 4, 3, True), (50, 0.7, 1, 4, 3, False),
+])
+def test_sampler_invariants(n, image_fraction, world, batch_size, mult, drop_last):
+    rng = torch.Generator().manual_seed(n)
+    has_image = (torch.rand(n, generator=rng) < image_fraction).tolist()
+    lengths = torch.randint(1, 100, (n,), generator=rng).tolist()
+    kwargs = dict(world_size=world, drop_last=drop_last, megabatch_mult=mult, seed=5)
+    plans = [plan(ModalityLengthGroupedBatchSampler(lengths, has_image, batch_size, rank=r, **kwargs))
+             for r in range(world)]
+    assert {len(p) for p in plans} == {len(ModalityLengthGroupedBatchSampler(lengths, has_image, batch_size,
+                                                                             **kwargs))}
+    for step in zip(*plans):
+        assert len({has_image[i] for batch in step for i in batch}) == 1
+        assert all(0 < len(batch) <= batch_size for batch in step)
+    if not drop_last:
+        assert {i for p in plans for batch in p for i in batch} == set(range(n))
