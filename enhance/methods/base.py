@@ -109,6 +109,12 @@ class Method(nn.Module):
         """The tower to save (e.g. with LoRA merged into its weights)."""
         return self.tower
 
+    def save_extras(self, out_dir) -> None:
+        """Write what a later stage needs besides the tower into `out_dir` (e.g. GenHancer's
+        stage-1 denoiser and projectors, which its stage 2 loads as `generator`). The trainer
+        calls it on the main process wherever it saves the exported tower, with parameters
+        gathered (ZeRO-3). Default: nothing."""
+
     def frozen_state_fingerprint(self) -> dict[str, str]:
         """A hash per frozen module, to prove the generator never changed."""
         import hashlib

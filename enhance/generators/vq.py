@@ -1,0 +1,184 @@
+"""A frozen VQ tokenizer and a MaskGIT-style masked-token denoiser (GenHancer's discrete variant).
+
+Images become codebook ids through a diffusers `VQModel`; the denoiser sees the ids with a
+random subset replaced by a [MASK] id and predicts the hidden ids with cross-entropy. The
+fraction masked follows MaskGIT's schedule: ratio = cos(pi/2 * u), u ~ U(0, 1), so most
+draws mask much of the image. The condition enters twice, as in the continuous denoiser: a
+pooled vector modulates every block (adaLN), and condition tokens are prepended to the
+image tokens (bidirectional attention over both).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+MASK_SCHEDULES = ("cosine", "linear")
+
+
+@dataclass
+class MaskedDenoiserConfig:
+    """Architecture of the masked-token denoiser (paper scale unreleased upstream: ours)."""
+
+    depth: int = field(default=6, metadata={"help": "transformer blocks (6, as the 2+4 blocks of the continuous one)"})
+    width: int = field(default=1024, metadata={"help": "token width"})
+    num_heads: int = field(default=16, metadata={"help": "attention heads (width must divide evenly)"})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP hidden width / token width"})
+    pooled_dim: int = field(default=1024, metadata={"help": "width of the pooled condition vector (adaLN input)"})
+    context_dim: int = field(default=1024, metadata={"help": "width of the prefix condition tokens"})
+
+    def validate(self) -> None:
+        for name in ("depth", "width", "num_heads", "pooled_dim", "context_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"denoiser.{name}={getattr(self, name)}: must be positive")
+        if self.width % self.num_heads:
+            raise ValueError(f"denoiser.width={self.width} is not divisible by num_heads={self.num_heads}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"denoiser.mlp_ratio={self.mlp_ratio}: must be positive")
+
+
+# ---- the frozen tokenizer ----------------------------------------------------------------
+class VQTokenizer(nn.Module):
+    """A diffusers `VQModel` used only to turn [-1, 1] images into codebook ids."""
+
+    def __init__(self, vq):
+        super().__init__()
+        self.vq = vq
+
+    @classmethod
+    def load(cls, location: str | Path) -> "VQTokenizer":
+        from diffusers import VQModel
+
+        path = Path(location)
+        for candidate in (path, path / "vqvae"):
+            if (candidate / "config.json").is_file():
+                return cls(VQModel.from_pretrained(candidate))
+        raise FileNotFoundError(f"no VQ model at {path}: expected a diffusers VQModel directory "
+                                "(config.json + weights) or a directory with a vqvae/ subfolder")
+
+    @property
+    def codebook_size(self) -> int:
+        return self.vq.config.num_vq_embeddings
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.vq.config.block_out_channels) - 1)
+
+    def grid(self, image_size: int) -> tuple[int, int]:
+        if image_size % self.downsample:
+            raise ValueError(f"image size {image_size} is not a multiple of the VQ model's downsampling "
+                             f"factor {self.downsample}")
+        side = image_size // self.downsample
+        return side, side
+
+    @torch.no_grad()
+    def encode_ids(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] -> codebook ids [B, (H/f)(W/f)] (row-major)."""
+        dtype = next(self.vq.parameters()).dtype
+        latents = self.vq.encode(pixels.to(dtype)).latents
+        _, _, (_, _, ids) = self.vq.quantize(latents)
+        return ids.reshape(pixels.shape[0], -1).long()
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        self.vq.save_pretrained(out_dir)
+
+
+# ---- mask schedule -----------------------------------------------------------------------
+def mask_ratio(u: torch.Tensor, schedule: str) -> torch.Tensor:
+    """Map u in [0, 1) to the fraction of tokens to mask (MaskGIT: cosine)."""
+    if schedule == "cosine":
+        return torch.cos(math.pi / 2 * u)
+    if schedule == "linear":
+        return 1.0 - u
+    raise ValueError(f"mask schedule {schedule!r}; known schedules: {list(MASK_SCHEDULES)}")
+
+
+def random_mask(ratios: torch.Tensor, num_tokens: int, rng: torch.Generator | None, device) -> torch.Tensor:
+    """Boolean [B, num_tokens], True where masked: per sample ceil(ratio * N) tokens (at least
+    one) chosen uniformly at random."""
+    gen_device = rng.device if rng is not None else device
+    scores = torch.rand((ratios.shape[0], num_tokens), generator=rng, device=gen_device).to(device)
+    counts = torch.ceil(ratios.to(device) * num_tokens).clamp(1, num_tokens).long()
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    return ranks < counts[:, None]
+
+
+# ---- the denoiser ------------------------------------------------------------------------
+class _Block(nn.Module):
+    """Pre-LN transformer block whose norms are modulated by the pooled condition (adaLN-zero)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.modulation = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)[:, None].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        b, n, w = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.num_heads, w // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, w)
+        x = x + gate1 * self.proj(attn)
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.mlp(h)
+
+
+class MaskedTokenDenoiser(ModelMixin, ConfigMixin):
+    """Predicts codebook ids at masked positions from the visible ids and the condition.
+
+    Input ids use `codebook_size` as the [MASK] id. Output: logits [B, num_tokens, codebook_size].
+    Saved and loaded with diffusers' `save_pretrained` / `from_pretrained`.
+    """
+
+    @register_to_config
+    def __init__(self, codebook_size: int, num_tokens: int, depth: int = 6, width: int = 1024,
+                 num_heads: int = 16, mlp_ratio: float = 4.0, pooled_dim: int = 1024, context_dim: int = 1024):
+        super().__init__()
+        self.token_embed = nn.Embedding(codebook_size + 1, width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, width))
+        nn.init.normal_(self.pos_embed, std=0.02)
+        self.context_embed = nn.Linear(context_dim, width)
+        self.pooled_embed = nn.Sequential(nn.Linear(pooled_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.blocks = nn.ModuleList(_Block(width, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.modulation_out = nn.Linear(width, 2 * width)
+        nn.init.zeros_(self.modulation_out.weight)
+        nn.init.zeros_(self.modulation_out.bias)
+        self.head = nn.Linear(width, codebook_size)
+
+    @classmethod
+    def build(cls, cfg: MaskedDenoiserConfig, codebook_size: int, num_tokens: int) -> "MaskedTokenDenoiser":
+        cfg.validate()
+        return cls(codebook_size=codebook_size, num_tokens=num_tokens, depth=cfg.depth, width=cfg.width,
+                   num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, pooled_dim=cfg.pooled_dim,
+                   context_dim=cfg.context_dim)
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.codebook_size
+
+    def forward(self, ids: torch.Tensor, pooled: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        dtype = self.token_embed.weight.dtype
+        x = self.token_embed(ids) + self.pos_embed
+        prefix = self.context_embed(context.to(dtype))
+        cond = F.silu(self.pooled_embed(pooled.to(dtype)))
+        h = torch.cat([prefix, x], dim=1)
+        for block in self.blocks:
+            h = block(h, cond)
+        h = h[:, prefix.shape[1]:]
+        shift, scale = self.modulation_out(cond)[:, None].chunk(2, dim=-1)
+        return self.head(self.norm_out(h) * (1 + scale) + shift)
