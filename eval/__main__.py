@@ -10,6 +10,7 @@
 
 Every benchmark writes predictions.jsonl and metrics.json to --output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,12 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-from eval.benchmarks.common import write_results
+from eval.benchmarks.common import DatasetLayoutError, write_results
 
 
 def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
-    p.add_argument("--data", required=True, type=Path, help="the benchmark's data directory (published layout)")
-    p.add_argument("--output", required=True, type=Path, help="results directory (predictions.jsonl, metrics.json)")
+    p.add_argument(
+        "--data", required=True, type=Path, help="the benchmark's data directory (published layout)"
+    )
+    p.add_argument(
+        "--output", required=True, type=Path, help="results directory (predictions.jsonl, metrics.json)"
+    )
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--device", default="cpu")
 
@@ -30,11 +35,19 @@ def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
 def _add_generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="HF Llava dir or original LLaVA-1.5 dir")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--vision-tower",
+        default=None,
+        help="original LLaVA-1.5 checkpoints only: tower spec to load its mm_vision_tower from",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m eval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("mmvp-vlm", help="MMVP-VLM with a CLIP-style tower and its text encoder")
@@ -48,19 +61,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mmvp", help="MMVP (150 pairs / 300 questions) with a LLaVA model")
     _add_generation(p)
     _add_common(p, batch_size=8)
-    p.add_argument("--prompt-style", choices=("llava", "original"), default="llava",
-                   help="llava: '{q}\\nA. ..\\nB. ..\\nAnswer with the option's letter...' (default); "
-                        "original: the MMVP script's '{q} (a) .. (b) ..'")
-    p.add_argument("--fix-label-swap", action=argparse.BooleanOptionalAction, default=True,
-                   help="correct the swapped labels of questions 99/100 and 279/280 of the original release "
-                        "(default: on; use --no-fix-label-swap for an already corrected file or to reproduce "
-                        "numbers graded on the original labels)")
+    p.add_argument(
+        "--prompt-style",
+        choices=("llava", "original"),
+        default="llava",
+        help="llava: '{q}\\nA. ..\\nB. ..\\nAnswer with the option's letter...' (default); "
+        "original: the MMVP script's '{q} (a) .. (b) ..'",
+    )
+    p.add_argument(
+        "--fix-label-swap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="correct the swapped labels of questions 99/100 and 279/280 of the original release "
+        "(default: on; use --no-fix-label-swap for an already corrected file or to reproduce "
+        "numbers graded on the original labels)",
+    )
 
     p = sub.add_parser("cv-bench", help="CV-Bench (2D/3D) with a LLaVA model")
     _add_generation(p)
     _add_common(p, batch_size=8)
-    p.add_argument("--parser", choices=("cambrian", "lmms"), default="cambrian",
-                   help="answer parser: cambrian (official scorer, default) or lmms (lmms-eval's start-of-text regex)")
+    p.add_argument(
+        "--parser",
+        choices=("cambrian", "lmms"),
+        default="cambrian",
+        help="answer parser: cambrian (official scorer, default) or lmms (lmms-eval's start-of-text regex)",
+    )
+    p.add_argument(
+        "--prompt-suffix",
+        default=None,
+        help="text appended to each row's prompt after a newline (default: LLaVA's "
+        '"Answer with the option\'s letter from the given choices directly.", as Cambrian-1 does; '
+        '"" for the bare prompt)',
+    )
 
     p = sub.add_parser("vqa", help="general VQA benchmarks through lmms-eval (implemented in eval.lmms)")
     p.add_argument("--model", required=True, help="HF Llava dir or original LLaVA-1.5 dir")
@@ -72,23 +104,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rescore", help="recompute metrics from predictions.jsonl and check metrics.json")
     p.add_argument("results", type=Path, help="a results directory written by this CLI")
-    p.add_argument("--parser", default=None, help="rescore CV-Bench with another parser (prints, does not check)")
+    p.add_argument(
+        "--parser", default=None, help="rescore CV-Bench with another parser (prints, does not check)"
+    )
 
     p = sub.add_parser("compare", help="markdown table + grouped bar chart of headline metrics")
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (the first is the baseline for deltas)")
+    p.add_argument(
+        "runs", nargs="+", type=Path, help="run directories (the first is the baseline for deltas)"
+    )
     p.add_argument("--output", required=True, type=Path, help="where compare.md and compare.png go")
     return parser
 
 
 def _finish(output: Path, predictions: list[dict], metrics: dict) -> None:
     write_results(output, predictions, metrics)
-    print(json.dumps({"benchmark": metrics["benchmark"], "headline": metrics["headline"],
-                      "missing_images": metrics["missing_images"]["count"],
-                      "unparseable": metrics["unparseable"]["count"], "output": str(output)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": metrics["benchmark"],
+                "headline": metrics["headline"],
+                "missing_images": metrics["missing_images"]["count"],
+                "unparseable": metrics["unparseable"]["count"],
+                "output": str(output),
+            },
+            indent=2,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except DatasetLayoutError as err:  # a wrong --data is a usage error, not a crash
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "mmvp-vlm":
         from eval.benchmarks import mmvp_vlm
 
@@ -100,13 +153,36 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "mmvp":
         from eval.benchmarks import mmvp
 
-        _finish(args.output, *mmvp.run(args.model, args.data, args.prompt_style, args.fix_label_swap,
-                                       args.batch_size, args.max_new_tokens, args.device))
+        _finish(
+            args.output,
+            *mmvp.run(
+                args.model,
+                args.data,
+                prompt_style=args.prompt_style,
+                fix_label_swap=args.fix_label_swap,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                device=args.device,
+                vision_tower=args.vision_tower,
+            ),
+        )
     elif args.command == "cv-bench":
         from eval.benchmarks import cv_bench
 
-        _finish(args.output, *cv_bench.run(args.model, args.data, args.parser, args.batch_size,
-                                           args.max_new_tokens, args.device))
+        suffix = cv_bench.PROMPT_SUFFIX if args.prompt_suffix is None else args.prompt_suffix
+        _finish(
+            args.output,
+            *cv_bench.run(
+                args.model,
+                args.data,
+                parser=args.parser,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+                device=args.device,
+                vision_tower=args.vision_tower,
+                prompt_suffix=suffix,
+            ),
+        )
     elif args.command == "vqa":
         from eval.lmms import run_vqa  # lmms-eval is heavy: imported only for this subcommand
 
@@ -134,8 +210,11 @@ def _rescore(results: Path, parser: str | None) -> int:
         return 0
     differing = sorted(k for k in recorded.keys() | recomputed.keys() if recorded.get(k) != recomputed.get(k))
     for key in differing:
-        print(f"{key}: recorded {json.dumps(recorded.get(key))[:200]} != recomputed "
-              f"{json.dumps(recomputed.get(key))[:200]}", file=sys.stderr)
+        print(
+            f"{key}: recorded {json.dumps(recorded.get(key))[:200]} != recomputed "
+            f"{json.dumps(recomputed.get(key))[:200]}",
+            file=sys.stderr,
+        )
     return 1
 
 

@@ -5,6 +5,7 @@ vicuna_v1: system prompt, "USER: <image>\\n{prompt} ASSISTANT:"), and where imag
 as LLaVA-1.5 evaluates them: padded to a square with the processor's mean colour
 (`image_aspect_ratio=pad`) before the processor resizes them. The lmms-eval plugin reuses both.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,23 +14,24 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-# LLaVA-1.5's vicuna_v1 conversation (llava/conversation.py conv_vicuna_v1: separators " " and "</s>")
-VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-IMAGE_TOKEN = "<image>"
+from llava_plugin.llava import IMAGE_TOKEN, VICUNA_V1_SYSTEM
 
 
 def format_prompt(prompt: str, with_image: bool = True) -> str:
-    """One user turn in LLaVA-1.5's vicuna_v1 format, ending where the assistant starts."""
+    """One user turn in LLaVA-1.5's vicuna_v1 format (conv_vicuna_v1: separators " " and "</s>"),
+    ending where the assistant starts; the same text the checkpoint's chat template renders."""
     image = f"{IMAGE_TOKEN}\n" if with_image else ""
     return f"{VICUNA_V1_SYSTEM} USER: {image}{prompt} ASSISTANT:"
 
 
-def load_mllm(path: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, processor) from an HF Llava dir or an original LLaVA-1.5 dir, in eval mode."""
+def load_mllm(
+    path: str, device: str = "cpu", dtype: torch.dtype = torch.float32, vision_tower: str | None = None
+):
+    """(model, processor) from an HF Llava dir or an original LLaVA-1.5 dir, in eval mode.
+    `vision_tower` (a tower spec) says where an original checkpoint's `mm_vision_tower` lives."""
     from llava_plugin.llava import load_llava
 
-    model, processor = load_llava(path, device=device, dtype=dtype)
+    model, processor = load_llava(path, device=device, dtype=dtype, vision_tower=vision_tower)
     return model.eval(), processor
 
 
@@ -45,13 +47,21 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
 
 
 def mean_color(processor) -> tuple[int, int, int]:
-    return tuple(int(round(255 * m)) for m in processor.image_processor.image_mean)
+    return tuple(round(255 * m) for m in processor.image_processor.image_mean)
 
 
 @torch.no_grad()
-def generate(model, processor, images: Sequence[Image.Image | None], prompts: Sequence[str], *,
-             batch_size: int = 8, max_new_tokens: int = 64, pad_to_square: bool = True,
-             desc: str = "generate") -> list[str | None]:
+def generate(
+    model,
+    processor,
+    images: Sequence[Image.Image | None],
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    pad_to_square: bool = True,
+    desc: str = "generate",
+) -> list[str | None]:
     """Greedy answers, one per (image, prompt). Samples whose image is None get None (the caller
     counts them as missing), never a text-only guess."""
     if len(images) != len(prompts):
@@ -65,15 +75,21 @@ def generate(model, processor, images: Sequence[Image.Image | None], prompts: Se
     answers: list[str | None] = [None] * len(prompts)
     todo = [i for i, im in enumerate(images) if im is not None]
     for start in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch"):
-        chunk = todo[start:start + batch_size]
+        chunk = todo[start : start + batch_size]
         batch_images = [expand_to_square(images[i], fill) if pad_to_square else images[i] for i in chunk]
-        inputs = processor(images=batch_images, text=[prompts[i] for i in chunk], return_tensors="pt",
-                           padding=True).to(device)
+        inputs = processor(
+            images=batch_images, text=[prompts[i] for i in chunk], return_tensors="pt", padding=True
+        ).to(device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                                pad_token_id=tokenizer.pad_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        output = model.generate(
+            **inputs,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
             answers[i] = text.strip()
     return answers

@@ -6,6 +6,7 @@ metrics.json carrying `benchmark` and `headline` ({metric: percent}); a results 
 itself is a run of one benchmark. Any benchmark that writes that contract (e.g. the lmms-eval
 tasks) shows up without changes here.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,17 +20,23 @@ def load_run(run_dir: Path | str) -> dict[str, float | None]:
     root = Path(run_dir)
     files = sorted(root.rglob(METRICS_FILE))
     if not files:
-        raise FileNotFoundError(f"no {METRICS_FILE} under {root}: pass result directories of `python -m eval`")
+        raise FileNotFoundError(
+            f"no {METRICS_FILE} under {root}: pass result directories of `python -m eval`"
+        )
     values: dict[str, float | None] = {}
     for path in files:
         metrics = json.loads(path.read_text())
         if "benchmark" not in metrics or "headline" not in metrics:
-            raise ValueError(f"{path} has no 'benchmark'/'headline' keys; it was not written by `python -m eval`")
+            raise ValueError(
+                f"{path} has no 'benchmark'/'headline' keys; it was not written by `python -m eval`"
+            )
         for name, value in metrics["headline"].items():
             key = f"{metrics['benchmark']}/{name}"
             if key in values:
-                raise ValueError(f"{key} appears twice under {root} (second time in {path}); "
-                                 "compare one result per benchmark per run")
+                raise ValueError(
+                    f"{key} appears twice under {root} (second time in {path}); "
+                    "compare one result per benchmark per run"
+                )
             values[key] = value
     return values
 
@@ -80,9 +87,13 @@ def plot_compare(runs: dict[str, dict[str, float | None]], out_png: Path | str) 
     columns = sorted({key for values in runs.values() for key in values})
     names = list(runs)
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) * max(1, len(names)) ** 0.5 + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16.0, 2.0 + len(columns) * (0.6 + 0.3 * len(names))), 4.5))
     for k, name in enumerate(names):
-        xs = [i + (k - (len(names) - 1) / 2) * width for i, c in enumerate(columns) if runs[name].get(c) is not None]
+        xs = [
+            i + (k - (len(names) - 1) / 2) * width
+            for i, c in enumerate(columns)
+            if runs[name].get(c) is not None
+        ]
         ys = [runs[name][c] for c in columns if runs[name].get(c) is not None]
         bars = ax.bar(xs, ys, width=width, label=name)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)

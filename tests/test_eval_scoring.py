@@ -1,13 +1,14 @@
 """Pure scoring, parsing, prompts and data loading of the benchmarks, on hand-made cases whose
 right answers are known."""
+
 import csv
 import shutil
 
 import pytest
 
 from eval import mllm
-from llava_plugin.toy import build_zoo
 from eval.benchmarks import common, cv_bench, mmvp, mmvp_vlm, zeroshot
+from llava_plugin.toy import build_zoo
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +20,28 @@ def data_zoo(tmp_path_factory):
 def _vlm(pair, category, qid, correct):
     gold = "img1" if qid % 2 else "img2"
     wrong = "img2" if gold == "img1" else "img1"
-    return {"id": qid, "prompt": "", "raw_answer": 0.9, "parsed": gold if correct else wrong, "gold": gold,
-            "correct": correct, "pair": pair, "category": category, "missing_image": False}
+    return {
+        "id": qid,
+        "prompt": "",
+        "raw_answer": 0.9,
+        "parsed": gold if correct else wrong,
+        "gold": gold,
+        "correct": correct,
+        "pair": pair,
+        "category": category,
+        "missing_image": False,
+    }
 
 
 def test_mmvp_vlm_headline_is_mean_of_category_pair_accuracies():
     a, b = mmvp_vlm.CATEGORIES[0], mmvp_vlm.CATEGORIES[1]
     predictions = [
-        _vlm(0, a, 1, True), _vlm(0, a, 2, True),  # pair right
-        _vlm(1, a, 3, True), _vlm(1, a, 4, False),  # one statement wrong -> pair wrong
-        _vlm(2, b, 5, True), _vlm(2, b, 6, True),  # pair right
+        _vlm(0, a, 1, True),
+        _vlm(0, a, 2, True),  # pair right
+        _vlm(1, a, 3, True),
+        _vlm(1, a, 4, False),  # one statement wrong -> pair wrong
+        _vlm(2, b, 5, True),
+        _vlm(2, b, 6, True),  # pair right
     ]
     metrics = mmvp_vlm.score(predictions, {})
     assert metrics["categories"][a] == 50.0 and metrics["categories"][b] == 100.0
@@ -81,24 +94,44 @@ def test_mmvp_vlm_layout_errors_name_the_expected_file(tmp_path):
 YES_NO = ("Yes", "No")
 
 
-@pytest.mark.parametrize("text, options, expected", [
-    ("A", YES_NO, "A"), ("b", YES_NO, "B"), ("(b)", YES_NO, "B"), ("B.", YES_NO, "B"),
-    ("(a) Yes", YES_NO, "A"), ("A. Yes", YES_NO, "A"), ("B) No", YES_NO, "B"),
-    ("The answer is (B).", YES_NO, "B"), ("Answer: a", YES_NO, "A"),
-    ("Yes", YES_NO, "A"), ("No, the feet are not visible.", YES_NO, "B"), ("Up.", ("Up", "Down"), "A"),
-    # free text must not be mined for a stray letter (lmms-eval's loose search reads these as A)
-    ("It has a long tail", ("Long", "Short"), None),
-    ("A dog is sitting on the grass", YES_NO, None),
-    ("", YES_NO, None), (None, YES_NO, None),
-])
+@pytest.mark.parametrize(
+    "text, options, expected",
+    [
+        ("A", YES_NO, "A"),
+        ("b", YES_NO, "B"),
+        ("(b)", YES_NO, "B"),
+        ("B.", YES_NO, "B"),
+        ("(a) Yes", YES_NO, "A"),
+        ("A. Yes", YES_NO, "A"),
+        ("B) No", YES_NO, "B"),
+        ("The answer is (B).", YES_NO, "B"),
+        ("Answer: a", YES_NO, "A"),
+        ("Yes", YES_NO, "A"),
+        ("No, the feet are not visible.", YES_NO, "B"),
+        ("Up.", ("Up", "Down"), "A"),
+        # free text must not be mined for a stray letter (lmms-eval's loose search reads these as A)
+        ("It has a long tail", ("Long", "Short"), None),
+        ("A dog is sitting on the grass", YES_NO, None),
+        ("", YES_NO, None),
+        (None, YES_NO, None),
+    ],
+)
 def test_mmvp_parse_answer(text, options, expected):
     assert mmvp.parse_answer(text, options) == expected
 
 
 def test_mmvp_pair_accuracy_differs_from_question_accuracy():
     def pred(index, correct):
-        return {"id": index, "prompt": "", "raw_answer": "A", "parsed": "A", "gold": "A" if correct else "B",
-                "correct": correct, "pair": (index - 1) // 2, "missing_image": False}
+        return {
+            "id": index,
+            "prompt": "",
+            "raw_answer": "A",
+            "parsed": "A",
+            "gold": "A" if correct else "B",
+            "correct": correct,
+            "pair": (index - 1) // 2,
+            "missing_image": False,
+        }
 
     metrics = mmvp.score([pred(1, True), pred(2, True), pred(3, True), pred(4, False)], {})
     assert metrics["question_accuracy"] == 75.0
@@ -113,13 +146,15 @@ QUESTION = mmvp.Question(1, "Are the butterfly's feet visible?", "(a) Yes (b) No
 def test_mmvp_prompt_snapshots():
     assert mmvp.build_prompt(QUESTION, "llava") == (
         "Are the butterfly's feet visible?\nA. Yes\nB. No\n"
-        "Answer with the option's letter from the given choices directly.")
+        "Answer with the option's letter from the given choices directly."
+    )
     assert mmvp.build_prompt(QUESTION, "original") == "Are the butterfly's feet visible? (a) Yes (b) No"
     with pytest.raises(ValueError, match="known styles"):
         mmvp.build_prompt(QUESTION, "gpt")
     assert mllm.format_prompt("Q?") == (
         "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-        "detailed, and polite answers to the user's questions. USER: <image>\nQ? ASSISTANT:")
+        "detailed, and polite answers to the user's questions. USER: <image>\nQ? ASSISTANT:"
+    )
 
 
 def test_mmvp_options_parse():
@@ -159,19 +194,31 @@ def test_mmvp_layout_errors(tmp_path):
 
 
 # ---------------------------------------------------------------- CV-Bench
-@pytest.mark.parametrize("text, cambrian, lmms", [
-    ("The answer is (B)", "B", "T"),
-    ("(C) 3", "C", "C"),
-    ("B", "B", "B"),
-    ("Answer: c.", "C", "A"),
-    # Cambrian splits on "answer is" before "answer is:", so the colon survives: a faithful quirk
-    ("the correct answer is: (d)", ":", "T"),
-    ("3", "3", None),
-    ("", None, None),
-])
+@pytest.mark.parametrize(
+    "text, cambrian, lmms",
+    [
+        ("The answer is (B)", "B", "T"),
+        ("(C) 3", "C", "C"),
+        ("B", "B", "B"),
+        ("Answer: c.", "C", "A"),
+        # Cambrian splits on "answer is" before "answer is:", so the colon survives: a faithful quirk
+        ("the correct answer is: (d)", ":", "T"),
+        ("3", "3", None),
+        ("", None, None),
+    ],
+)
 def test_cv_bench_parsers(text, cambrian, lmms):
     assert cv_bench.parse_cambrian(text) == cambrian
     assert cv_bench.parse_lmms(text) == lmms
+
+
+def test_cv_bench_prompt_snapshot():
+    row = {"prompt": "How many cars are in the image? Select from the following choices.\n(A) 3\n(B) 2"}
+    assert cv_bench.build_prompt(row) == (
+        "How many cars are in the image? Select from the following choices.\n(A) 3\n(B) 2\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    assert cv_bench.build_prompt(row, "") == row["prompt"]
 
 
 def test_cv_bench_cambrian_accepts_one_character_choice_text():
@@ -187,13 +234,25 @@ def test_cv_bench_cambrian_accepts_one_character_choice_text():
 def test_cv_bench_official_and_pooled_differ_on_unbalanced_sources():
     def pred(i, source, correct):
         type_ = "3D" if source == "Omni3D" else "2D"
-        return {"id": i, "prompt": "", "raw_answer": "", "parsed": "A", "gold": "A" if correct else "B",
-                "correct": correct, "type": type_, "task": "Depth" if type_ == "3D" else "Count", "source": source,
-                "choices": ["x", "y"], "missing_image": False}
+        return {
+            "id": i,
+            "prompt": "",
+            "raw_answer": "",
+            "parsed": "A",
+            "gold": "A" if correct else "B",
+            "correct": correct,
+            "type": type_,
+            "task": "Depth" if type_ == "3D" else "Count",
+            "source": source,
+            "choices": ["x", "y"],
+            "missing_image": False,
+        }
 
-    predictions = ([pred(0, "ADE20K", True), pred(1, "ADE20K", True)]
-                   + [pred(2 + k, "COCO", k == 0) for k in range(4)]
-                   + [pred(6, "Omni3D", True), pred(7, "Omni3D", False)])
+    predictions = (
+        [pred(0, "ADE20K", True), pred(1, "ADE20K", True)]
+        + [pred(2 + k, "COCO", k == 0) for k in range(4)]
+        + [pred(6, "Omni3D", True), pred(7, "Omni3D", False)]
+    )
     metrics = cv_bench.score(predictions, {"parser": "cambrian"})
     assert metrics["per_source"] == {"ADE20K": 100.0, "COCO": 25.0, "Omni3D": 50.0}
     assert metrics["official"]["2D"] == 62.5 and metrics["official"]["3D"] == 50.0
@@ -204,8 +263,19 @@ def test_cv_bench_official_and_pooled_differ_on_unbalanced_sources():
 
 
 def test_cv_bench_missing_source_makes_official_score_none():
-    p = {"id": 0, "prompt": "", "raw_answer": "A", "parsed": "A", "gold": "A", "correct": True, "type": "2D",
-         "task": "Count", "source": "COCO", "choices": ["a", "b"], "missing_image": False}
+    p = {
+        "id": 0,
+        "prompt": "",
+        "raw_answer": "A",
+        "parsed": "A",
+        "gold": "A",
+        "correct": True,
+        "type": "2D",
+        "task": "Count",
+        "source": "COCO",
+        "choices": ["a", "b"],
+        "missing_image": False,
+    }
     metrics = cv_bench.score([p], {"parser": "lmms"})
     assert metrics["official"]["overall"] is None and metrics["pooled_accuracy"] == 100.0
     assert metrics["missing_sources"] == ["ADE20K", "Omni3D"]
@@ -240,10 +310,15 @@ def test_open_rgb_never_raises_on_broken_files(data_zoo):
 
 
 def test_problem_lists_and_percent():
-    preds = [{"id": 1, "parsed": None, "missing_image": True}, {"id": 2, "parsed": None, "missing_image": False},
-             {"id": 3, "parsed": "A", "missing_image": False}]
-    assert common.problem_lists(preds) == {"missing_images": {"count": 1, "ids": [1]},
-                                           "unparseable": {"count": 1, "ids": [2]}}
+    preds = [
+        {"id": 1, "parsed": None, "missing_image": True},
+        {"id": 2, "parsed": None, "missing_image": False},
+        {"id": 3, "parsed": "A", "missing_image": False},
+    ]
+    assert common.problem_lists(preds) == {
+        "missing_images": {"count": 1, "ids": [1]},
+        "unparseable": {"count": 1, "ids": [2]},
+    }
     assert common.percent([]) is None and common.mean([1.0, None]) is None
 
 

@@ -1,5 +1,6 @@
 """The toy datasets load with the standard readers of the real datasets, have the documented
 sizes and headers, contain the special images, and are byte-identical for a fixed seed."""
+
 import csv
 import json
 import random
@@ -73,7 +74,11 @@ def test_scenes_folder_and_special_images(data_zoo):
     rows = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
     assert len(rows) == 64 and all(r["caption"] for r in rows)
     modes = {r["image"]: Image.open(root / r["image"]).mode for r in rows}
-    assert modes["images/061.jpg"] == "L" and modes["images/062.png"] == "RGBA" and modes["images/063.jpg"] == "CMYK"
+    assert (
+        modes["images/061.jpg"] == "L"
+        and modes["images/062.png"] == "RGBA"
+        and modes["images/063.jpg"] == "CMYK"
+    )
     assert sum(m == "RGB" for m in modes.values()) == 61
     assert Image.open(root / "images/063.jpg").convert("RGB").mode == "RGB"
     assert {Image.open(root / r["image"]).size for r in rows} <= {(64, 48), (48, 64)}
@@ -96,7 +101,9 @@ def test_webdataset_shards(data_zoo):
 
     shards = sorted(str(p) for p in data_zoo.data["wds"].glob("*.tar"))
     assert [Path(s).name for s in shards] == ["00000.tar", "00001.tar"]
-    samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
+    samples = list(
+        wds.WebDataset(shards, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg", "txt", "json")
+    )
     assert len(samples) == 64
     key, image, caption, meta = samples[0]
     assert key == "000000000" and image.mode == "RGB" and caption == meta["caption"]
@@ -142,7 +149,7 @@ def test_mmvp_vlm_layout(data_zoo):
     assert (df["Type"].value_counts() == 30).all()
     for first in range(0, 270, 2):
         type_name = df["Type"][first]
-        for qid in df["Question ID"][first:first + 2]:
+        for qid in df["Question ID"][first : first + 2]:
             assert (root / "MLLM_VLM Images" / type_name / f"{qid}.jpg").is_file()
 
 
@@ -182,28 +189,42 @@ def test_mmvp_labels_match_pixels_except_the_original_swaps(data_zoo):
         more = 0 if pixels[0] > pixels[1] else 1
         label_says_more = [df["Correct Answer"][start + k].strip("()") in big for k in (0, 1)].index(True)
         is_swapped = start + 1 in swapped
-        assert (label_says_more == more) != is_swapped, (start + 1, pixels, df["Correct Answer"][start:start + 2])
+        assert (label_says_more == more) != is_swapped, (
+            start + 1,
+            pixels,
+            df["Correct Answer"][start : start + 2],
+        )
         checked[is_swapped] += 1
     assert checked[True] == 2 and checked[False] > 10
     # as in the original release file
-    assert [df["Correct Answer"][q - 1] for pair in MMVP_SWAPPED_QUESTIONS for q in pair] == ["(a)", "(b)"] * 2
+    assert [df["Correct Answer"][q - 1] for pair in MMVP_SWAPPED_QUESTIONS for q in pair] == [
+        "(a)",
+        "(b)",
+    ] * 2
 
 
 def test_cv_bench_parquet_loads_with_datasets(data_zoo):
     datasets = pytest.importorskip("datasets")
     root = data_zoo.data["cv_bench"]
-    ds = datasets.load_dataset("parquet", data_files={"test": [str(root / "test_2d.parquet"),
-                                                                str(root / "test_3d.parquet")]})["test"]
+    ds = datasets.load_dataset(
+        "parquet", data_files={"test": [str(root / "test_2d.parquet"), str(root / "test_3d.parquet")]}
+    )["test"]
     assert len(ds) == 48
-    assert {"idx", "type", "task", "image", "question", "choices", "answer", "prompt", "source"} <= set(ds.column_names)
+    assert {"idx", "type", "task", "image", "question", "choices", "answer", "prompt", "source"} <= set(
+        ds.column_names
+    )
     row = ds[0]
     assert isinstance(row["image"], Image.Image)
     assert row["answer"] in {f"({c})" for c in "ABCD"}
     assert row["prompt"].startswith(row["question"]) and row["prompt"].endswith(row["choices"][-1])
     sources = pd.Series(ds["source"]).value_counts().to_dict()
     assert sources == {"COCO": 24, "Omni3D": 16, "ADE20K": 8}
-    assert set(zip(ds["type"], ds["task"])) == {("2D", "Count"), ("2D", "Relation"), ("3D", "Depth"),
-                                                 ("3D", "Distance")}
+    assert set(zip(ds["type"], ds["task"])) == {
+        ("2D", "Count"),
+        ("2D", "Relation"),
+        ("3D", "Depth"),
+        ("3D", "Distance"),
+    }
     jsonl = [json.loads(line) for line in (root / "test_3d.jsonl").read_text().splitlines()]
     assert len(jsonl) == 16 and all((root / r["filename"]).is_file() for r in jsonl)
 

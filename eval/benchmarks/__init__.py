@@ -1,6 +1,7 @@
 """The benchmarks: each module loads its published data layout, predicts, and scores with pure
 functions (`make_prediction`, `rejudge`, `score`). `rescore` recomputes any results directory
 from its predictions alone."""
+
 from __future__ import annotations
 
 import importlib

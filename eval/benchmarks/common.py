@@ -11,6 +11,7 @@ A results directory holds
 Metrics are a pure function of (predictions, config): `python -m eval rescore DIR` re-parses
 the raw answers, rescores, and must reproduce metrics.json exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,7 @@ def batched(items: Sequence, size: int) -> Iterator[Sequence]:
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def percent(flags: Iterable[bool]) -> float | None:
@@ -81,16 +82,17 @@ def problem_lists(predictions: list[dict]) -> dict:
     """`missing_images` and `unparseable` (ids in prediction order): both count as wrong."""
     missing = [p["id"] for p in predictions if p.get("missing_image")]
     unparseable = [p["id"] for p in predictions if not p.get("missing_image") and p["parsed"] is None]
-    return {"missing_images": {"count": len(missing), "ids": missing},
-            "unparseable": {"count": len(unparseable), "ids": unparseable}}
+    return {
+        "missing_images": {"count": len(missing), "ids": missing},
+        "unparseable": {"count": len(unparseable), "ids": unparseable},
+    }
 
 
 def write_results(out_dir: Path | str, predictions: list[dict], metrics: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / PREDICTIONS_FILE, "w") as f:
-        for p in predictions:
-            f.write(json.dumps(p) + "\n")
+        f.writelines(json.dumps(p) + "\n" for p in predictions)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return out
 
@@ -98,12 +100,16 @@ def write_results(out_dir: Path | str, predictions: list[dict], metrics: dict) -
 def read_predictions(results_dir: Path | str) -> list[dict]:
     path = Path(results_dir) / PREDICTIONS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {PREDICTIONS_FILE} in {results_dir}: is it a results directory of `python -m eval`?")
+        raise FileNotFoundError(
+            f"no {PREDICTIONS_FILE} in {results_dir}: is it a results directory of `python -m eval`?"
+        )
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_metrics(results_dir: Path | str) -> dict:
     path = Path(results_dir) / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {METRICS_FILE} in {results_dir}: is it a results directory of `python -m eval`?")
+        raise FileNotFoundError(
+            f"no {METRICS_FILE} in {results_dir}: is it a results directory of `python -m eval`?"
+        )
     return json.loads(path.read_text())

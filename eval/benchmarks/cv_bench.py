@@ -3,7 +3,9 @@
 
 Data: a local copy of nyu-visionx/CV-Bench: `test_2d.parquet` + `test_3d.parquet` (the current
 layout), or the older single `test.parquet`; each row has idx, type, task, image (HF Image struct
-of bytes/path), question, choices, answer, prompt, source. Each row's `prompt` is sent as is.
+of bytes/path), question, choices, answer, prompt, source. The model sees each row's `prompt`
+followed by "\n" + `PROMPT_SUFFIX` (LLaVA's letter instruction, which Cambrian-1's CV-Bench script
+appends); `--prompt-suffix ""` sends the prompt alone.
 
 Two parsers (named in metrics.json):
 - `cambrian` (default, Cambrian-1's scorer): lowercase, keep the text after the last
@@ -17,6 +19,7 @@ Scores: accuracy per task and per source; the official CV-Bench numbers 2D = mea
 3D = Omni3D, overall = mean(2D, 3D); and pooled accuracy over all questions (what lmms-eval
 reports), which differs from the official one whenever sources are unbalanced.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,6 +37,11 @@ SOURCES_2D = ("ADE20K", "COCO")
 SOURCE_3D = "Omni3D"
 PARSERS = ("cambrian", "lmms")
 LETTERS = "ABCDEFGH"
+PROMPT_SUFFIX = "Answer with the option's letter from the given choices directly."
+
+
+def build_prompt(row: dict, suffix: str = PROMPT_SUFFIX) -> str:
+    return f"{row['prompt']}\n{suffix}" if suffix else row["prompt"]
 
 
 def load(data_dir: Path | str) -> list[dict]:
@@ -47,9 +55,13 @@ def load(data_dir: Path | str) -> list[dict]:
             break
     else:
         expected = " or ".join(" + ".join(layout) for layout in PARQUET_LAYOUTS)
-        raise DatasetLayoutError(NAME, expected, root,
-                                 "download the dataset with `huggingface-cli download nyu-visionx/CV-Bench "
-                                 "--repo-type dataset --local-dir DIR`")
+        raise DatasetLayoutError(
+            NAME,
+            expected,
+            root,
+            "download the dataset with `huggingface-cli download nyu-visionx/CV-Bench "
+            "--repo-type dataset --local-dir DIR`",
+        )
     rows = []
     for path in files:
         table = pq.read_table(path)
@@ -110,7 +122,7 @@ def is_correct(parsed: str | None, gold: str, choices: list[str], parser: str) -
         return True
     # Cambrian also accepts the gold choice's text (its parse keeps one character, so this
     # only ever matches one-character choices such as counts)
-    gold_text = choices[LETTERS.index(gold)] if gold in LETTERS[:len(choices)] else None
+    gold_text = choices[LETTERS.index(gold)] if gold in LETTERS[: len(choices)] else None
     return parser == "cambrian" and gold_text is not None and parsed.lower() == str(gold_text).lower()
 
 
@@ -125,17 +137,29 @@ def gold_letter(answer: str) -> str:
 def make_prediction(row: dict, prompt: str, raw: str | None, parser: str, missing_image: bool) -> dict:
     gold = gold_letter(row["answer"])
     parsed = parse(raw, parser)
-    return {"id": row["idx"], "prompt": prompt, "raw_answer": raw, "parsed": parsed, "gold": gold,
-            "correct": is_correct(parsed, gold, list(row["choices"]), parser), "type": row["type"],
-            "task": row["task"], "source": row["source"], "choices": list(row["choices"]),
-            "missing_image": missing_image}
+    return {
+        "id": row["idx"],
+        "prompt": prompt,
+        "raw_answer": raw,
+        "parsed": parsed,
+        "gold": gold,
+        "correct": is_correct(parsed, gold, list(row["choices"]), parser),
+        "type": row["type"],
+        "task": row["task"],
+        "source": row["source"],
+        "choices": list(row["choices"]),
+        "missing_image": missing_image,
+    }
 
 
 def rejudge(prediction: dict, config: dict) -> dict:
     parser = config["parser"]
     parsed = parse(prediction["raw_answer"], parser)
-    return {**prediction, "parsed": parsed,
-            "correct": is_correct(parsed, prediction["gold"], prediction["choices"], parser)}
+    return {
+        **prediction,
+        "parsed": parsed,
+        "correct": is_correct(parsed, prediction["gold"], prediction["choices"], parser),
+    }
 
 
 def score(predictions: list[dict], config: dict) -> dict:
@@ -153,10 +177,18 @@ def score(predictions: list[dict], config: dict) -> dict:
         "benchmark": NAME,
         "config": config,
         "parser": config["parser"],
-        "headline": {"2D_ADE20K": sources.get("ADE20K"), "2D_COCO": sources.get("COCO"), "3D": acc_3d,
-                     "overall": overall},
-        "official": {"2D": acc_2d, "3D": acc_3d, "overall": overall,
-                     "note": "2D = mean(ADE20K, COCO), 3D = Omni3D, overall = mean(2D, 3D)"},
+        "headline": {
+            "2D_ADE20K": sources.get("ADE20K"),
+            "2D_COCO": sources.get("COCO"),
+            "3D": acc_3d,
+            "overall": overall,
+        },
+        "official": {
+            "2D": acc_2d,
+            "3D": acc_3d,
+            "overall": overall,
+            "note": "2D = mean(ADE20K, COCO), 3D = Omni3D, overall = mean(2D, 3D)",
+        },
         "pooled_accuracy": pooled,
         "per_source": sources,
         "per_task": by("task"),
@@ -168,20 +200,44 @@ def score(predictions: list[dict], config: dict) -> dict:
 
 
 # ---------------------------------------------------------------- model
-def run(model_path: str, data_dir: Path | str, parser: str = "cambrian", batch_size: int = 8,
-        max_new_tokens: int = 64, device: str = "cpu") -> tuple[list[dict], dict]:
+def run(
+    model_path: str,
+    data_dir: Path | str,
+    parser: str = "cambrian",
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    device: str = "cpu",
+    vision_tower: str | None = None,
+    prompt_suffix: str = PROMPT_SUFFIX,
+) -> tuple[list[dict], dict]:
     from eval import mllm
 
     if parser not in PARSERS:
         raise ValueError(f"unknown CV-Bench parser {parser!r}; known parsers: {PARSERS}")
     rows = load(data_dir)
-    model, processor = mllm.load_mllm(model_path, device=device)
+    model, processor = mllm.load_mllm(model_path, device=device, vision_tower=vision_tower)
     images = [row_image(r) for r in rows]
-    prompts = [mllm.format_prompt(r["prompt"]) for r in rows]
-    answers = mllm.generate(model, processor, images, prompts, batch_size=batch_size,
-                            max_new_tokens=max_new_tokens, desc="cv-bench")
-    predictions = [make_prediction(r, p, a, parser, missing_image=im is None)
-                   for r, p, a, im in zip(rows, prompts, answers, images)]
-    config = {"model": model_path, "data": str(Path(data_dir).resolve()), "parser": parser,
-              "max_new_tokens": max_new_tokens, "decoding": "greedy"}
+    prompts = [mllm.format_prompt(build_prompt(r, prompt_suffix)) for r in rows]
+    answers = mllm.generate(
+        model,
+        processor,
+        images,
+        prompts,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        desc="cv-bench",
+    )
+    predictions = [
+        make_prediction(r, p, a, parser, missing_image=im is None)
+        for r, p, a, im in zip(rows, prompts, answers, images)
+    ]
+    config = {
+        "model": model_path,
+        "vision_tower": vision_tower,
+        "data": str(Path(data_dir).resolve()),
+        "parser": parser,
+        "prompt_suffix": prompt_suffix,
+        "max_new_tokens": max_new_tokens,
+        "decoding": "greedy",
+    }
     return predictions, score(predictions, config)

@@ -21,6 +21,7 @@ default (`--fix-label-swap`), because scoring against labels known to be wrong m
 `--no-fix-label-swap` reproduces numbers graded on the original file. The fix checks that the
 file still carries the original labels and refuses a file that is already corrected.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.benchmarks.common import (
-    DatasetLayoutError, open_rgb, percent, problem_lists, require_dir, require_file)
+    DatasetLayoutError,
+    open_rgb,
+    percent,
+    problem_lists,
+    require_dir,
+    require_file,
+)
 
 NAME = "mmvp"
 HEADER = ["lndex", "Question", "Options", "Correct Answer"]
@@ -66,25 +73,36 @@ def parse_options(text: str) -> tuple[str, str]:
 
 def load(data_dir: Path | str, fix_label_swap: bool = True) -> list[Question]:
     root = Path(data_dir)
-    csv_path = require_file(NAME, root / "Questions.csv", "the MMVP question file Questions.csv",
-                            "Download the MMVP/MMVP dataset and pass its root directory as --data")
+    csv_path = require_file(
+        NAME,
+        root / "Questions.csv",
+        "the MMVP question file Questions.csv",
+        "Download the MMVP/MMVP dataset and pass its root directory as --data",
+    )
     images = require_dir(NAME, root / IMAGES_DIR, f"the image folder '{IMAGES_DIR}' with 1.jpg ... 300.jpg")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if not rows or [c.strip() for c in rows[0]] != HEADER:
-        raise DatasetLayoutError(NAME, f"the header row {','.join(HEADER)} (with the release's 'lndex' typo)",
-                                 csv_path, f"found {rows[0] if rows else 'an empty file'}")
+        raise DatasetLayoutError(
+            NAME,
+            f"the header row {','.join(HEADER)} (with the release's 'lndex' typo)",
+            csv_path,
+            f"found {rows[0] if rows else 'an empty file'}",
+        )
     if len(rows) - 1 != QUESTIONS:
         raise DatasetLayoutError(NAME, f"{QUESTIONS} question rows", csv_path, f"found {len(rows) - 1}")
     labels = {}
     questions = []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != 4:
-            raise DatasetLayoutError(NAME, "4 columns per row", csv_path, f"line {line} has {len(row)}: {row}")
+            raise DatasetLayoutError(
+                NAME, "4 columns per row", csv_path, f"line {line} has {len(row)}: {row}"
+            )
         index, question, options_text, answer = int(row[0]), row[1].strip(), row[2], row[3].strip()
         if index != line - 1:
-            raise DatasetLayoutError(NAME, f"lndex {line - 1} on line {line} (rows in order)", csv_path,
-                                     f"found {index}")
+            raise DatasetLayoutError(
+                NAME, f"lndex {line - 1} on line {line} (rows in order)", csv_path, f"found {index}"
+            )
         try:
             options = parse_options(options_text)
         except ValueError as err:
@@ -92,8 +110,16 @@ def load(data_dir: Path | str, fix_label_swap: bool = True) -> list[Question]:
         if answer.lower() not in ("(a)", "(b)"):
             raise DatasetLayoutError(NAME, "answers '(a)' or '(b)'", csv_path, f"line {line}: {answer!r}")
         labels[index] = answer.lower()
-        questions.append(Question(index, question, options_text, options, "A" if answer.lower() == "(a)" else "B",
-                                  images / f"{index}.jpg"))
+        questions.append(
+            Question(
+                index,
+                question,
+                options_text,
+                options,
+                "A" if answer.lower() == "(a)" else "B",
+                images / f"{index}.jpg",
+            )
+        )
     if fix_label_swap:
         questions = _fix_label_swap(questions, labels, csv_path)
     return questions
@@ -104,12 +130,19 @@ def _fix_label_swap(questions: list[Question], labels: dict[int, str], csv_path:
         found = tuple(labels[i] for i in pair)
         if found != ORIGINAL_SWAPPED_LABELS:
             raise DatasetLayoutError(
-                NAME, f"the original release's labels {ORIGINAL_SWAPPED_LABELS} for questions {pair}", csv_path,
-                f"found {found}: this file looks already corrected; pass --no-fix-label-swap")
+                NAME,
+                f"the original release's labels {ORIGINAL_SWAPPED_LABELS} for questions {pair}",
+                csv_path,
+                f"found {found}: this file looks already corrected; pass --no-fix-label-swap",
+            )
     swapped = {i for pair in SWAPPED_PAIRS for i in pair}
     flip = {"A": "B", "B": "A"}
-    return [Question(q.index, q.question, q.options_text, q.options, flip[q.gold], q.image)
-            if q.index in swapped else q for q in questions]
+    return [
+        Question(q.index, q.question, q.options_text, q.options, flip[q.gold], q.image)
+        if q.index in swapped
+        else q
+        for q in questions
+    ]
 
 
 # ---------------------------------------------------------------- prompts and answers
@@ -143,17 +176,29 @@ def parse_answer(text: str | None, options: tuple[str, str]) -> str | None:
     if stated:
         return stated[1].upper()
     said = _norm(t)
-    hits = [letter for letter, option in zip("AB", options)
-            if _norm(option) and (said == _norm(option) or said.startswith(_norm(option) + " "))]
+    hits = [
+        letter
+        for letter, option in zip("AB", options)
+        if _norm(option) and (said == _norm(option) or said.startswith(_norm(option) + " "))
+    ]
     return hits[0] if len(hits) == 1 else None
 
 
 # ---------------------------------------------------------------- pure scoring
 def make_prediction(q: Question, prompt: str, raw: str | None, missing_image: bool) -> dict:
     parsed = parse_answer(raw, q.options)
-    return {"id": q.index, "prompt": prompt, "raw_answer": raw, "parsed": parsed, "gold": q.gold,
-            "correct": parsed == q.gold, "pair": q.pair, "question": q.question, "options": list(q.options),
-            "missing_image": missing_image}
+    return {
+        "id": q.index,
+        "prompt": prompt,
+        "raw_answer": raw,
+        "parsed": parsed,
+        "gold": q.gold,
+        "correct": parsed == q.gold,
+        "pair": q.pair,
+        "question": q.question,
+        "options": list(q.options),
+        "missing_image": missing_image,
+    }
 
 
 def rejudge(prediction: dict, config: dict) -> dict:
@@ -167,7 +212,9 @@ def score(predictions: list[dict], config: dict) -> dict:
         pairs.setdefault(p["pair"], []).append(p["correct"])
     incomplete = sorted(i for i, members in pairs.items() if len(members) != 2)
     if incomplete:
-        raise ValueError(f"MMVP pairs {incomplete[:10]} do not have exactly 2 questions; pair accuracy needs both")
+        raise ValueError(
+            f"MMVP pairs {incomplete[:10]} do not have exactly 2 questions; pair accuracy needs both"
+        )
     pair_accuracy = percent(all(members) for members in pairs.values())
     question_accuracy = percent(p["correct"] for p in predictions)
     return {
@@ -183,21 +230,39 @@ def score(predictions: list[dict], config: dict) -> dict:
 
 
 # ---------------------------------------------------------------- model
-def run(model_path: str, data_dir: Path | str, prompt_style: str = "llava", fix_label_swap: bool = True,
-        batch_size: int = 8, max_new_tokens: int = 64, device: str = "cpu") -> tuple[list[dict], dict]:
+def run(
+    model_path: str,
+    data_dir: Path | str,
+    prompt_style: str = "llava",
+    fix_label_swap: bool = True,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    device: str = "cpu",
+    vision_tower: str | None = None,
+) -> tuple[list[dict], dict]:
     from eval import mllm
 
     if prompt_style not in PROMPT_STYLES:
         raise ValueError(f"unknown MMVP prompt style {prompt_style!r}; known styles: {PROMPT_STYLES}")
     questions = load(data_dir, fix_label_swap=fix_label_swap)
-    model, processor = mllm.load_mllm(model_path, device=device)
+    model, processor = mllm.load_mllm(model_path, device=device, vision_tower=vision_tower)
     images = [open_rgb(q.image) for q in questions]
     prompts = [mllm.format_prompt(build_prompt(q, prompt_style)) for q in questions]
-    answers = mllm.generate(model, processor, images, prompts, batch_size=batch_size,
-                            max_new_tokens=max_new_tokens, desc="mmvp")
-    predictions = [make_prediction(q, p, a, missing_image=im is None)
-                   for q, p, a, im in zip(questions, prompts, answers, images)]
-    config = {"model": model_path, "data": str(Path(data_dir).resolve()), "prompt_style": prompt_style,
-              "fix_label_swap": fix_label_swap, "parser": PARSER, "max_new_tokens": max_new_tokens,
-              "decoding": "greedy"}
+    answers = mllm.generate(
+        model, processor, images, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, desc="mmvp"
+    )
+    predictions = [
+        make_prediction(q, p, a, missing_image=im is None)
+        for q, p, a, im in zip(questions, prompts, answers, images)
+    ]
+    config = {
+        "model": model_path,
+        "vision_tower": vision_tower,
+        "data": str(Path(data_dir).resolve()),
+        "prompt_style": prompt_style,
+        "fix_label_swap": fix_label_swap,
+        "parser": PARSER,
+        "max_new_tokens": max_new_tokens,
+        "decoding": "greedy",
+    }
     return predictions, score(predictions, config)

@@ -13,6 +13,7 @@ The official rule (tsb0601/MMVP scripts/evaluate_vlm.py, checked by hand):
 - the category is positional, pair index // 15, in CATEGORIES order (not the Type column);
 - headline = mean of the 9 category pair accuracies.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,12 +24,26 @@ import torch
 from tqdm import tqdm
 
 from eval.benchmarks.common import (
-    DatasetLayoutError, batched, mean, open_rgb, percent, problem_lists, require_dir, require_file)
+    DatasetLayoutError,
+    batched,
+    mean,
+    open_rgb,
+    percent,
+    problem_lists,
+    require_dir,
+    require_file,
+)
 
 NAME = "mmvp_vlm"
 CATEGORIES = (
-    "Orientation and Direction", "Presence of Specific Features", "State and Condition", "Quantity and Count",
-    "Positional and Relational Context", "Color and Appearance", "Structural Characteristics", "Texts",
+    "Orientation and Direction",
+    "Presence of Specific Features",
+    "State and Condition",
+    "Quantity and Count",
+    "Positional and Relational Context",
+    "Color and Appearance",
+    "Structural Characteristics",
+    "Texts",
     "Viewpoint and Perspective",
 )
 PAIRS_PER_CATEGORY = 15
@@ -58,27 +73,49 @@ class Statement:
 
 def load(data_dir: Path | str) -> list[Statement]:
     root = Path(data_dir)
-    csv_path = require_file(NAME, root / "Questions.csv", "the MMVP-VLM question file Questions.csv",
-                            "Download the MMVP/MMVP_VLM dataset and pass its root directory as --data")
+    csv_path = require_file(
+        NAME,
+        root / "Questions.csv",
+        "the MMVP-VLM question file Questions.csv",
+        "Download the MMVP/MMVP_VLM dataset and pass its root directory as --data",
+    )
     images = require_dir(NAME, root / IMAGES_DIR, f"the image folder '{IMAGES_DIR}' (one subfolder per Type)")
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if not rows or [c.strip() for c in rows[0]] != HEADER:
-        raise DatasetLayoutError(NAME, f"a header row {','.join(HEADER)}", csv_path,
-                                 f"found {rows[0] if rows else 'an empty file'}")
+        raise DatasetLayoutError(
+            NAME,
+            f"a header row {','.join(HEADER)}",
+            csv_path,
+            f"found {rows[0] if rows else 'an empty file'}",
+        )
     body = rows[1:]
     if len(body) != ROWS:
-        raise DatasetLayoutError(NAME, f"{ROWS} question rows (categories are assigned by position)", csv_path,
-                                 f"found {len(body)}")
+        raise DatasetLayoutError(
+            NAME,
+            f"{ROWS} question rows (categories are assigned by position)",
+            csv_path,
+            f"found {len(body)}",
+        )
     statements = []
     for i, row in enumerate(body):
         if len(row) != 3:
-            raise DatasetLayoutError(NAME, "3 columns per row", csv_path, f"row {i + 2} has {len(row)}: {row}")
+            raise DatasetLayoutError(
+                NAME, "3 columns per row", csv_path, f"row {i + 2} has {len(row)}: {row}"
+            )
         qid, type_name, text = int(row[0]), row[1], row[2]
         pair = i // 2
         folder = body[2 * pair][1]  # both images of a pair come from the first row's Type folder
-        statements.append(Statement(qid=qid, type=type_name, statement=text, image=images / folder / f"{qid}.jpg",
-                                    pair=pair, category=CATEGORIES[pair // PAIRS_PER_CATEGORY]))
+        statements.append(
+            Statement(
+                qid=qid,
+                type=type_name,
+                statement=text,
+                image=images / folder / f"{qid}.jpg",
+                pair=pair,
+                category=CATEGORIES[pair // PAIRS_PER_CATEGORY],
+            )
+        )
     return statements
 
 
@@ -92,9 +129,19 @@ def judge(p_img1: float | None) -> str | None:
 
 def make_prediction(s: Statement, p_img1: float | None, missing_image: bool) -> dict:
     parsed = judge(p_img1)
-    return {"id": s.qid, "prompt": s.text, "raw_answer": p_img1, "parsed": parsed, "gold": s.gold,
-            "correct": parsed == s.gold, "pair": s.pair, "category": s.category, "type": s.type,
-            "image": str(s.image), "missing_image": missing_image}
+    return {
+        "id": s.qid,
+        "prompt": s.text,
+        "raw_answer": p_img1,
+        "parsed": parsed,
+        "gold": s.gold,
+        "correct": parsed == s.gold,
+        "pair": s.pair,
+        "category": s.category,
+        "type": s.type,
+        "image": str(s.image),
+        "missing_image": missing_image,
+    }
 
 
 def rejudge(prediction: dict, config: dict) -> dict:
@@ -108,7 +155,9 @@ def score(predictions: list[dict], config: dict) -> dict:
         pairs.setdefault(p["pair"], []).append(p)
     for index, members in pairs.items():
         if len(members) != 2:
-            raise ValueError(f"MMVP-VLM pair {index} has {len(members)} statements; every pair needs exactly 2")
+            raise ValueError(
+                f"MMVP-VLM pair {index} has {len(members)} statements; every pair needs exactly 2"
+            )
     pair_correct = {i: all(m["correct"] for m in members) for i, members in pairs.items()}
     category_of = {i: members[0]["category"] for i, members in pairs.items()}
     categories = {c: percent(pair_correct[i] for i in pairs if category_of[i] == c) for c in CATEGORIES}
@@ -142,7 +191,9 @@ def predict(tower, statements: list[Statement], batch_size: int = 32) -> list[di
             image_embeds[i] = e
     text_embeds = []
     for chunk in tqdm(list(batched(statements, batch_size)), desc="mmvp-vlm texts", unit="batch"):
-        text_embeds.append(torch.nn.functional.normalize(text_encoder.encode([s.text for s in chunk]).float(), dim=-1))
+        text_embeds.append(
+            torch.nn.functional.normalize(text_encoder.encode([s.text for s in chunk]).float(), dim=-1)
+        )
     texts = torch.cat(text_embeds).cpu()
     predictions = []
     for i, s in enumerate(statements):
@@ -157,13 +208,19 @@ def predict(tower, statements: list[Statement], batch_size: int = 32) -> list[di
     return predictions
 
 
-def run(tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu") -> tuple[list[dict], dict]:
+def run(
+    tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu"
+) -> tuple[list[dict], dict]:
     from llava_plugin.registry import load_tower
 
     statements = load(data_dir)
     tower = load_tower(tower_spec, device=device)
     predictions = predict(tower, statements, batch_size)
-    config = {"tower": tower_spec, "data": str(Path(data_dir).resolve()), "text_prefix": TEXT_PREFIX,
-              "rule": "official: per-statement softmax over the pair's 2 images, img1 iff p>0.5; "
-                      "category = pair index // 15"}
+    config = {
+        "tower": tower_spec,
+        "data": str(Path(data_dir).resolve()),
+        "text_prefix": TEXT_PREFIX,
+        "rule": "official: per-statement softmax over the pair's 2 images, img1 iff p>0.5; "
+        "category = pair index // 15",
+    }
     return predictions, score(predictions, config)

@@ -2,6 +2,7 @@
 (`<class>/<image>`; underscores in folder names read as spaces), one prompt per class
 ("a photo of a {class}."), top-1 accuracy. A quick check that an enhanced tower kept its
 alignment with the text tower."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,11 +21,16 @@ def load(data_dir: Path | str) -> tuple[list[str], list[tuple[str, Path]]]:
     """(class names, [(class, image path)]), classes sorted by folder name."""
     root = require_dir(NAME, Path(data_dir), "a class-per-folder dataset (<class>/<image>.jpg)")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
-    samples = [(f.name, img) for f in folders for img in sorted(f.iterdir())
-               if img.suffix.lower() in IMAGE_SUFFIXES]
+    samples = [
+        (f.name, img) for f in folders for img in sorted(f.iterdir()) if img.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if len(folders) < 2 or not samples:
-        raise DatasetLayoutError(NAME, "at least two class folders with images (<class>/<image>.jpg)", root,
-                                 f"found {len(folders)} folders and {len(samples)} images")
+        raise DatasetLayoutError(
+            NAME,
+            "at least two class folders with images (<class>/<image>.jpg)",
+            root,
+            f"found {len(folders)} folders and {len(samples)} images",
+        )
     return [f.name for f in folders], samples
 
 
@@ -34,8 +40,15 @@ def class_prompt(name: str) -> str:
 
 def make_prediction(sample_id: str, gold: str, scores: list[float] | None, classes: list[str]) -> dict:
     parsed = classes[max(range(len(classes)), key=scores.__getitem__)] if scores is not None else None
-    return {"id": sample_id, "prompt": TEMPLATE, "raw_answer": scores, "parsed": parsed, "gold": gold,
-            "correct": parsed == gold, "missing_image": scores is None}
+    return {
+        "id": sample_id,
+        "prompt": TEMPLATE,
+        "raw_answer": scores,
+        "parsed": parsed,
+        "gold": gold,
+        "correct": parsed == gold,
+        "missing_image": scores is None,
+    }
 
 
 def rejudge(prediction: dict, config: dict) -> dict:
@@ -57,10 +70,13 @@ def score(predictions: list[dict], config: dict) -> dict:
 
 
 @torch.no_grad()
-def predict(tower, classes: list[str], samples: list[tuple[str, Path]], root: Path,
-            batch_size: int = 32) -> list[dict]:
+def predict(
+    tower, classes: list[str], samples: list[tuple[str, Path]], root: Path, batch_size: int = 32
+) -> list[dict]:
     text = tower.load_text_encoder()
-    class_embeds = torch.nn.functional.normalize(text.encode([class_prompt(c) for c in classes]).float(), dim=-1)
+    class_embeds = torch.nn.functional.normalize(
+        text.encode([class_prompt(c) for c in classes]).float(), dim=-1
+    )
     class_embeds = class_embeds.cpu()
     predictions = []
     for chunk in tqdm(list(batched(samples, batch_size)), desc="zeroshot", unit="batch"):
@@ -68,7 +84,9 @@ def predict(tower, classes: list[str], samples: list[tuple[str, Path]], root: Pa
         present = [im for im in images if im is not None]
         logits = iter([])
         if present:
-            embeds = torch.nn.functional.normalize(tower.image_embeds(tower.preprocess(present)).float(), dim=-1)
+            embeds = torch.nn.functional.normalize(
+                tower.image_embeds(tower.preprocess(present)).float(), dim=-1
+            )
             logits = iter((text.logit_scale * embeds.cpu() @ class_embeds.T).tolist())
         for (gold, path), image in zip(chunk, images):
             scores = next(logits) if image is not None else None
@@ -76,11 +94,18 @@ def predict(tower, classes: list[str], samples: list[tuple[str, Path]], root: Pa
     return predictions
 
 
-def run(tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu") -> tuple[list[dict], dict]:
+def run(
+    tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu"
+) -> tuple[list[dict], dict]:
     from llava_plugin.registry import load_tower
 
     classes, samples = load(data_dir)
     tower = load_tower(tower_spec, device=device)
     predictions = predict(tower, classes, samples, Path(data_dir), batch_size)
-    config = {"tower": tower_spec, "data": str(Path(data_dir).resolve()), "template": TEMPLATE, "classes": classes}
+    config = {
+        "tower": tower_spec,
+        "data": str(Path(data_dir).resolve()),
+        "template": TEMPLATE,
+        "classes": classes,
+    }
     return predictions, score(predictions, config)

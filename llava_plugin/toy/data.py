@@ -36,6 +36,7 @@ under `zoo.root / "data"`; `write_data` fills these `zoo.data` keys:
 
 Same seed -> byte-identical files (fixed tar metadata, fixed JPEG settings).
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,23 +53,45 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from llava_plugin.toy.scenes import (
-    COLORS, PATTERNS, SHAPES, Group, Pair, draw_pair, draw_scene, questions_about, random_groups)
+    COLORS,
+    PATTERNS,
+    SHAPES,
+    Group,
+    Pair,
+    draw_pair,
+    draw_scene,
+    questions_about,
+    random_groups,
+)
 
 # Real MMVP-VLM Type folder names, in the benchmark's category order
 # (Orientation and Direction, Presence of Specific Features, State and Condition, Quantity and Count,
 #  Positional and Relational Context, Color and Appearance, Structural Characteristics, Texts,
 #  Viewpoint and Perspective).
-MMVP_VLM_TYPES = ("Orientation", "Presence", "State", "Quantity", "Spatial", "Color", "Structural Character",
-                  "Text", "Camera Perspective")
+MMVP_VLM_TYPES = (
+    "Orientation",
+    "Presence",
+    "State",
+    "Quantity",
+    "Spatial",
+    "Color",
+    "Structural Character",
+    "Text",
+    "Camera Perspective",
+)
 MMVP_VLM_PAIRS_PER_TYPE = 15
 MMVP_PAIRS = 150
 # 1-based question numbers whose labels the original release swapped: it reads (a), (b) for
 # each of these pairs where the images say (b), (a); later releases (lmms-lab-eval/MMVP) fixed them.
 MMVP_SWAPPED_QUESTIONS = ((99, 100), (279, 280))
 PRETRAIN_INSTRUCTIONS = (
-    "Describe the image concisely.", "Provide a brief description of the given image.",
-    "Give a short and clear explanation of the subsequent image.", "Write a terse but informative summary of the picture.",
-    "Render a clear and concise summary of the photo.", "Share a concise interpretation of the image provided.")
+    "Describe the image concisely.",
+    "Provide a brief description of the given image.",
+    "Give a short and clear explanation of the subsequent image.",
+    "Write a terse but informative summary of the picture.",
+    "Render a clear and concise summary of the photo.",
+    "Share a concise interpretation of the image provided.",
+)
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 JPEG_QUALITY = 90
 
@@ -78,8 +101,17 @@ def write_data(zoo, seed: int) -> None:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    writers = (_write_scenes, _write_wds, _write_llava_pretrain, _write_llava_finetune, _write_mmvp_vlm,
-               _write_mmvp, _write_cv_bench, _write_zeroshot, _write_vqa)
+    writers = (
+        _write_scenes,
+        _write_wds,
+        _write_llava_pretrain,
+        _write_llava_finetune,
+        _write_mmvp_vlm,
+        _write_mmvp,
+        _write_cv_bench,
+        _write_zeroshot,
+        _write_vqa,
+    )
     for offset, writer in enumerate(writers):
         # one independent stream per dataset, so adding a dataset never changes the others
         zoo.data.update(writer(root, random.Random(seed * 1000 + offset)))
@@ -163,7 +195,10 @@ def _write_scenes(root: Path, rng: random.Random) -> dict[str, Path]:
     (corrupt / "images" / "empty.jpg").write_bytes(b"")
     (corrupt / "images" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (corrupt / "images" / "not_an_image.jpg").write_text("this is a caption file, not a JPEG\n")
-    bad = [{"image": f"images/{n}.jpg", "caption": "a broken file"} for n in ("empty", "truncated", "not_an_image")]
+    bad = [
+        {"image": f"images/{n}.jpg", "caption": "a broken file"}
+        for n in ("empty", "truncated", "not_an_image")
+    ]
     _write_jsonl(corrupt / "captions.jsonl", rows + bad)
     return {"scenes": out, "scenes_corrupt": corrupt}
 
@@ -187,9 +222,16 @@ def _write_wds(root: Path, rng: random.Random) -> dict[str, Path]:
                 key = f"{shard:05d}{i:04d}"
                 scene = draw_scene(rng, _scene_size(rng))
                 width, height = scene.image.size
-                meta = {"key": key, "caption": scene.caption, "url": f"https://example.invalid/cc3m/{key}.jpg",
-                        "status": "success", "width": width, "height": height,
-                        "original_width": width, "original_height": height}
+                meta = {
+                    "key": key,
+                    "caption": scene.caption,
+                    "url": f"https://example.invalid/cc3m/{key}.jpg",
+                    "status": "success",
+                    "width": width,
+                    "height": height,
+                    "original_width": width,
+                    "original_height": height,
+                }
                 _add_member(tar, f"{key}.jpg", _jpeg_bytes(scene.image))
                 _add_member(tar, f"{key}.txt", scene.caption.encode())
                 _add_member(tar, f"{key}.json", json.dumps(meta).encode())
@@ -207,8 +249,13 @@ def _write_llava_pretrain(root: Path, rng: random.Random) -> dict[str, Path]:
         _save_jpeg(scene.image, out / "images" / image)
         instruction = rng.choice(PRETRAIN_INSTRUCTIONS)
         human = f"<image>\n{instruction}" if rng.random() < 0.5 else f"{instruction}\n<image>"
-        records.append({"id": sample_id, "image": image, "conversations": [
-            {"from": "human", "value": human}, {"from": "gpt", "value": scene.caption}]})
+        records.append(
+            {
+                "id": sample_id,
+                "image": image,
+                "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": scene.caption}],
+            }
+        )
     path = out / "blip_laion_cc_sbu_558k.json"
     _write_json(path, records)
     return {"llava_pretrain": path, "llava_pretrain_images": out / "images"}
@@ -230,8 +277,12 @@ def _write_llava_finetune(root: Path, rng: random.Random) -> dict[str, Path]:
         kind = ("single", "multi", "single", "multi", "text")[i % 5]
         if kind == "text":
             question, answer = TEXT_ONLY[(i // 5) % len(TEXT_ONLY)]
-            records.append({"id": f"sharegpt_{i:05d}", "conversations": [
-                {"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+            records.append(
+                {
+                    "id": f"sharegpt_{i:05d}",
+                    "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+                }
+            )
             continue
         scene = draw_scene(rng, _scene_size(rng))
         image = f"coco/train2017/{i:012d}.jpg"
@@ -243,7 +294,9 @@ def _write_llava_finetune(root: Path, rng: random.Random) -> dict[str, Path]:
             turns = [(f"<image>\n{qa.question}\n{SHORT_ANSWER}", qa.answer)]
         else:
             rounds = qas[: rng.choice((2, 3))]
-            turns = [(("<image>\n" if k == 0 else "") + qa.question, qa.sentence) for k, qa in enumerate(rounds)]
+            turns = [
+                (("<image>\n" if k == 0 else "") + qa.question, qa.sentence) for k, qa in enumerate(rounds)
+            ]
         conversations = []
         for question, answer in turns:
             conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
@@ -304,23 +357,41 @@ CV_BENCH_SOURCES = (  # (source, source_dataset, type, tasks, rows): unbalanced 
     ("Omni3D", "Omni3D Test Set", "3D", ("Depth", "Distance"), 16),
 )
 _CV_FEATURES = {
-    "idx": {"dtype": "int32", "_type": "Value"}, "type": {"dtype": "string", "_type": "Value"},
-    "task": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"},
+    "idx": {"dtype": "int32", "_type": "Value"},
+    "type": {"dtype": "string", "_type": "Value"},
+    "task": {"dtype": "string", "_type": "Value"},
+    "image": {"_type": "Image"},
     "question": {"dtype": "string", "_type": "Value"},
     "choices": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "Sequence"},
-    "answer": {"dtype": "string", "_type": "Value"}, "prompt": {"dtype": "string", "_type": "Value"},
-    "filename": {"dtype": "string", "_type": "Value"}, "source": {"dtype": "string", "_type": "Value"},
+    "answer": {"dtype": "string", "_type": "Value"},
+    "prompt": {"dtype": "string", "_type": "Value"},
+    "filename": {"dtype": "string", "_type": "Value"},
+    "source": {"dtype": "string", "_type": "Value"},
     "source_dataset": {"dtype": "string", "_type": "Value"},
     "source_filename": {"dtype": "string", "_type": "Value"},
-    "target_class": {"dtype": "string", "_type": "Value"}, "target_size": {"dtype": "int64", "_type": "Value"},
-    "bbox": {"feature": {"feature": {"dtype": "float64", "_type": "Value"}, "_type": "Sequence"},
-             "_type": "Sequence"},
+    "target_class": {"dtype": "string", "_type": "Value"},
+    "target_size": {"dtype": "int64", "_type": "Value"},
+    "bbox": {
+        "feature": {"feature": {"dtype": "float64", "_type": "Value"}, "_type": "Sequence"},
+        "_type": "Sequence",
+    },
 }
 _CV_ARROW = {
-    "idx": pa.int32(), "type": pa.string(), "task": pa.string(), "image": _IMAGE_TYPE, "question": pa.string(),
-    "choices": pa.list_(pa.string()), "answer": pa.string(), "prompt": pa.string(), "filename": pa.string(),
-    "source": pa.string(), "source_dataset": pa.string(), "source_filename": pa.string(),
-    "target_class": pa.string(), "target_size": pa.int64(), "bbox": pa.list_(pa.list_(pa.float64())),
+    "idx": pa.int32(),
+    "type": pa.string(),
+    "task": pa.string(),
+    "image": _IMAGE_TYPE,
+    "question": pa.string(),
+    "choices": pa.list_(pa.string()),
+    "answer": pa.string(),
+    "prompt": pa.string(),
+    "filename": pa.string(),
+    "source": pa.string(),
+    "source_dataset": pa.string(),
+    "source_filename": pa.string(),
+    "target_class": pa.string(),
+    "target_size": pa.int64(),
+    "bbox": pa.list_(pa.list_(pa.float64())),
 }
 
 
@@ -328,9 +399,15 @@ def _cv_question(task: str, rng: random.Random) -> tuple[list[Group], str, list[
     """(groups, question, choices, index of the right choice, target class) true for the drawn scene."""
     if task == "Count":
         group = replace(random_groups(rng)[0], position="top")
-        choices = [str(n) for n in rng.sample(range(0, 6), 4) if n != group.count][:3] + [str(group.count)]
+        choices = [str(n) for n in rng.sample(range(6), 4) if n != group.count][:3] + [str(group.count)]
         rng.shuffle(choices)
-        return [group], f"How many {group.shape}s are in the image?", choices, choices.index(str(group.count)), group.shape
+        return (
+            [group],
+            f"How many {group.shape}s are in the image?",
+            choices,
+            choices.index(str(group.count)),
+            group.shape,
+        )
     a, b = rng.sample(SHAPES[:4], 2)
     ca, cb = rng.sample(list(COLORS), 2)
     if task == "Relation":
@@ -338,19 +415,34 @@ def _cv_question(task: str, rng: random.Random) -> tuple[list[Group], str, list[
         groups = [Group(a, ca, 1, pa_), Group(b, cb, 1, pb, direction="up" if b == "triangle" else None)]
         groups[0] = replace(groups[0], direction="up" if a == "triangle" else None)
         choices = ["left", "right"]
-        return groups, (f"Considering the relative positions of the {a} and the {b} in the image provided, "
-                        f"where is the {a} located with respect to the {b}?"), choices, choices.index(pa_), a
+        return (
+            groups,
+            (
+                f"Considering the relative positions of the {a} and the {b} in the image provided, "
+                f"where is the {a} located with respect to the {b}?"
+            ),
+            choices,
+            choices.index(pa_),
+            a,
+        )
     # Depth / Distance: the large object is "closer to the camera"
     big_first = rng.random() < 0.5
-    groups = [Group(a, ca, 1, "left", "large" if big_first else "small",
-                    direction="up" if a == "triangle" else None),
-              Group(b, cb, 1, "right", "small" if big_first else "large",
-                    direction="up" if b == "triangle" else None)]
+    groups = [
+        Group(
+            a, ca, 1, "left", "large" if big_first else "small", direction="up" if a == "triangle" else None
+        ),
+        Group(
+            b, cb, 1, "right", "small" if big_first else "large", direction="up" if b == "triangle" else None
+        ),
+    ]
     choices = [a, b]
-    question = (f"Which object is closer to the camera taking this photo, the {a} (highlighted by a red box) or the "
-                f"{b} (highlighted by a blue box)?" if task == "Depth" else
-                f"Estimate the real-world distances between objects in this image. Which object is closer to the "
-                f"camera, the {a} or the {b}?")
+    question = (
+        f"Which object is closer to the camera taking this photo, the {a} (highlighted by a red box) or the "
+        f"{b} (highlighted by a blue box)?"
+        if task == "Depth"
+        else f"Estimate the real-world distances between objects in this image. Which object is closer to the "
+        f"camera, the {a} or the {b}?"
+    )
     return groups, question, choices, 0 if big_first else 1, a
 
 
@@ -364,17 +456,33 @@ def _write_cv_bench(root: Path, rng: random.Random) -> dict[str, Path]:
             groups, question, choices, right, target = _cv_question(task, rng)
             scene = draw_scene(rng, _scene_size(rng), groups)
             letters = "ABCDEF"
-            prompt = question + " Select from the following choices.\n" + "\n".join(
-                f"({letters[i]}) {c}" for i, c in enumerate(choices))
+            prompt = (
+                question
+                + " Select from the following choices.\n"
+                + "\n".join(f"({letters[i]}) {c}" for i, c in enumerate(choices))
+            )
             filename = f"img/{type_}/{task.lower()}/{source.lower()}_{idx}.png"
             (out / filename).parent.mkdir(parents=True, exist_ok=True)
             scene.image.save(out / filename, format="PNG")
-            by_type[type_].append({
-                "idx": idx, "type": type_, "task": task, "image": _hf_image(scene.image, Path(filename).name),
-                "question": question, "choices": choices, "answer": f"({letters[right]})", "prompt": prompt,
-                "filename": filename, "source": source, "source_dataset": source_dataset,
-                "source_filename": f"{source.lower()}_{idx:06d}.jpg", "target_class": target,
-                "target_size": 0, "bbox": [[0.0, 0.0, float(scene.image.size[0]), float(scene.image.size[1])]]})
+            by_type[type_].append(
+                {
+                    "idx": idx,
+                    "type": type_,
+                    "task": task,
+                    "image": _hf_image(scene.image, Path(filename).name),
+                    "question": question,
+                    "choices": choices,
+                    "answer": f"({letters[right]})",
+                    "prompt": prompt,
+                    "filename": filename,
+                    "source": source,
+                    "source_dataset": source_dataset,
+                    "source_filename": f"{source.lower()}_{idx:06d}.jpg",
+                    "target_class": target,
+                    "target_size": 0,
+                    "bbox": [[0.0, 0.0, float(scene.image.size[0]), float(scene.image.size[1])]],
+                }
+            )
             idx += 1
     paths = {}
     for type_, rows in by_type.items():
@@ -390,9 +498,16 @@ def _write_zeroshot(root: Path, rng: random.Random) -> dict[str, Path]:
     out = root / "zeroshot"
     for shape in SHAPES:
         for k in range(6):
-            group = Group(shape, rng.choice(list(COLORS)), 1, "center", "large",
-                          direction=rng.choice(("up", "down", "left", "right")) if shape in ("triangle", "arrow")
-                          else None)
+            group = Group(
+                shape,
+                rng.choice(list(COLORS)),
+                1,
+                "center",
+                "large",
+                direction=rng.choice(("up", "down", "left", "right"))
+                if shape in ("triangle", "arrow")
+                else None,
+            )
             scene = draw_scene(rng, _scene_size(rng), [group])
             _save_jpeg(scene.image, out / shape / f"{k:02d}.jpg")
     return {"zeroshot": out}
@@ -405,9 +520,16 @@ def _write_vqa(root: Path, rng: random.Random) -> dict[str, Path]:
     for i in range(24):
         scene = draw_scene(rng, _scene_size(rng))
         qa = rng.choice(questions_about(scene, rng))
-        gen.append({"question_id": f"gen_{i:03d}", "image": _hf_image(scene.image, f"gen_{i:03d}.png"),
-                    "question": qa.question, "answer": qa.answer, "answers": [qa.answer, qa.answer.lower()],
-                    "category": qa.kind})
+        gen.append(
+            {
+                "question_id": f"gen_{i:03d}",
+                "image": _hf_image(scene.image, f"gen_{i:03d}.png"),
+                "question": qa.question,
+                "answer": qa.answer,
+                "answers": [qa.answer, qa.answer.lower()],
+                "category": qa.kind,
+            }
+        )
     for i in range(24):
         pair = draw_pair(rng, PATTERNS[i % len(PATTERNS)], size=(64, 48))
         which = rng.randrange(2)
@@ -415,18 +537,56 @@ def _write_vqa(root: Path, rng: random.Random) -> dict[str, Path]:
         if rng.random() < 0.5:
             options.reverse()
         answer = "AB"[options.index(pair.options[pair.answers[which]])]
-        mc.append({"question_id": f"mc_{i:03d}", "image": _hf_image(pair.scenes[which].image, f"mc_{i:03d}.png"),
-                   "question": pair.question, "options": options, "answer": answer, "category": pair.pattern})
+        mc.append(
+            {
+                "question_id": f"mc_{i:03d}",
+                "image": _hf_image(pair.scenes[which].image, f"mc_{i:03d}.png"),
+                "question": pair.question,
+                "options": options,
+                "answer": answer,
+                "category": pair.pattern,
+            }
+        )
     string = {"dtype": "string", "_type": "Value"}
     strings = {"feature": string, "_type": "Sequence"}
-    _write_hf_parquet(out / "shapes_vqa.parquet", gen,
-                      {"question_id": string, "image": {"_type": "Image"}, "question": string, "answer": string,
-                       "answers": strings, "category": string},
-                      {"question_id": pa.string(), "image": _IMAGE_TYPE, "question": pa.string(),
-                       "answer": pa.string(), "answers": pa.list_(pa.string()), "category": pa.string()})
-    _write_hf_parquet(out / "shapes_mc.parquet", mc,
-                      {"question_id": string, "image": {"_type": "Image"}, "question": string, "options": strings,
-                       "answer": string, "category": string},
-                      {"question_id": pa.string(), "image": _IMAGE_TYPE, "question": pa.string(),
-                       "options": pa.list_(pa.string()), "answer": pa.string(), "category": pa.string()})
+    _write_hf_parquet(
+        out / "shapes_vqa.parquet",
+        gen,
+        {
+            "question_id": string,
+            "image": {"_type": "Image"},
+            "question": string,
+            "answer": string,
+            "answers": strings,
+            "category": string,
+        },
+        {
+            "question_id": pa.string(),
+            "image": _IMAGE_TYPE,
+            "question": pa.string(),
+            "answer": pa.string(),
+            "answers": pa.list_(pa.string()),
+            "category": pa.string(),
+        },
+    )
+    _write_hf_parquet(
+        out / "shapes_mc.parquet",
+        mc,
+        {
+            "question_id": string,
+            "image": {"_type": "Image"},
+            "question": string,
+            "options": strings,
+            "answer": string,
+            "category": string,
+        },
+        {
+            "question_id": pa.string(),
+            "image": _IMAGE_TYPE,
+            "question": pa.string(),
+            "options": pa.list_(pa.string()),
+            "answer": pa.string(),
+            "category": pa.string(),
+        },
+    )
     return {"vqa": out, "vqa_gen": out / "shapes_vqa.parquet", "vqa_mc": out / "shapes_mc.parquet"}

@@ -11,6 +11,7 @@ passed in, so a seed fixes the pixels.
 (orientation, presence, state, quantity, position, colour, structure, text, viewpoint):
 the miniature of an MMVP pair.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,17 @@ OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 SIZES = ("small", "large")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 # the nine MMVP visual patterns, in the benchmark's category order, as toy attribute changes
-PATTERNS = ("orientation", "presence", "state", "quantity", "position", "color", "structure", "text",
-            "viewpoint")
+PATTERNS = (
+    "orientation",
+    "presence",
+    "state",
+    "quantity",
+    "position",
+    "color",
+    "structure",
+    "text",
+    "viewpoint",
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +81,15 @@ class Group:
         return f"{amount} {words}{pointing} {where}"
 
     def to_dict(self) -> dict:
-        return {"shape": self.shape, "color": self.color, "count": self.count, "position": self.position,
-                "size": self.size, "direction": self.direction, "filled": self.filled}
+        return {
+            "shape": self.shape,
+            "color": self.color,
+            "count": self.count,
+            "position": self.position,
+            "size": self.size,
+            "direction": self.direction,
+            "filled": self.filled,
+        }
 
 
 @dataclass
@@ -85,9 +102,15 @@ class Scene:
 def random_group(rng: random.Random, position: str, exclude_color: str | None = None) -> Group:
     shape = rng.choice(SHAPES)
     color = rng.choice([c for c in COLORS if c != exclude_color])
-    return Group(shape=shape, color=color, count=rng.randint(1, 4), position=position,
-                 size=rng.choice(SIZES), direction=rng.choice(DIRECTIONS) if shape in ORIENTED_SHAPES else None,
-                 filled=rng.random() > 0.2)
+    return Group(
+        shape=shape,
+        color=color,
+        count=rng.randint(1, 4),
+        position=position,
+        size=rng.choice(SIZES),
+        direction=rng.choice(DIRECTIONS) if shape in ORIENTED_SHAPES else None,
+        filled=rng.random() > 0.2,
+    )
 
 
 def random_groups(rng: random.Random) -> list[Group]:
@@ -105,8 +128,13 @@ def caption_of(groups: list[Group], text: str | None = None) -> str:
     return caption
 
 
-def draw_scene(rng: random.Random, size: tuple[int, int] = (64, 48), groups: list[Group] | None = None,
-               text: str | None = None, background: tuple[int, int, int] | None = None) -> Scene:
+def draw_scene(
+    rng: random.Random,
+    size: tuple[int, int] = (64, 48),
+    groups: list[Group] | None = None,
+    text: str | None = None,
+    background: tuple[int, int, int] | None = None,
+) -> Scene:
     """Draw `groups` (random if None) on a `size` = (width, height) canvas."""
     groups = groups if groups is not None else random_groups(rng)
     background = background or rng.choice(BACKGROUNDS)
@@ -117,18 +145,28 @@ def draw_scene(rng: random.Random, size: tuple[int, int] = (64, 48), groups: lis
             _draw_shape(pen, group, center, radius)
     if text:
         pen.text((1, 0), text, fill=(0, 0, 0))
-    attributes = {"groups": [g.to_dict() for g in groups], "text": text, "background": list(background),
-                  "size": list(size)}
+    attributes = {
+        "groups": [g.to_dict() for g in groups],
+        "text": text,
+        "background": list(background),
+        "size": list(size),
+    }
     return Scene(image=image, caption=caption_of(groups, text), attributes=attributes)
 
 
 def _region(position: str, width: int, height: int) -> tuple[float, float, float, float]:
-    return {"left": (0, 0, width / 2, height), "right": (width / 2, 0, width, height),
-            "top": (0, 0, width, height / 2), "bottom": (0, height / 2, width, height),
-            "center": (width / 4, height / 4, 3 * width / 4, 3 * height / 4)}[position]
+    return {
+        "left": (0, 0, width / 2, height),
+        "right": (width / 2, 0, width, height),
+        "top": (0, 0, width, height / 2),
+        "bottom": (0, height / 2, width, height),
+        "center": (width / 4, height / 4, 3 * width / 4, 3 * height / 4),
+    }[position]
 
 
-def _layout(group: Group, size: tuple[int, int], rng: random.Random) -> list[tuple[tuple[float, float], float]]:
+def _layout(
+    group: Group, size: tuple[int, int], rng: random.Random
+) -> list[tuple[tuple[float, float], float]]:
     """Centres and radii of a group's shapes: cells along the region's longer side."""
     x0, y0, x1, y1 = _region(group.position, *size)
     horizontal = (x1 - x0) >= (y1 - y0)
@@ -165,14 +203,24 @@ def _draw_shape(pen: ImageDraw.ImageDraw, group: Group, center: tuple[float, flo
         pen.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill, outline=outline, width=1)
         return
     if group.shape == "star":
-        points = [(cx + (r if k % 2 == 0 else r * 0.45) * math.cos(math.radians(-90 + 36 * k)),
-                   cy + (r if k % 2 == 0 else r * 0.45) * math.sin(math.radians(-90 + 36 * k))) for k in range(10)]
+        points = [
+            (
+                cx + (r if k % 2 == 0 else r * 0.45) * math.cos(math.radians(-90 + 36 * k)),
+                cy + (r if k % 2 == 0 else r * 0.45) * math.sin(math.radians(-90 + 36 * k)),
+            )
+            for k in range(10)
+        ]
     elif group.shape == "triangle":
-        points = _rotate([(r, 0.0), (-r * 0.8, -r * 0.9), (-r * 0.8, r * 0.9)], center, _ANGLE[group.direction])
+        points = _rotate(
+            [(r, 0.0), (-r * 0.8, -r * 0.9), (-r * 0.8, r * 0.9)], center, _ANGLE[group.direction]
+        )
     elif group.shape == "arrow":
         shaft, head = r * 0.3, r * 0.75
-        points = _rotate([(-r, -shaft), (0.0, -shaft), (0.0, -head), (r, 0.0), (0.0, head), (0.0, shaft),
-                          (-r, shaft)], center, _ANGLE[group.direction])
+        points = _rotate(
+            [(-r, -shaft), (0.0, -shaft), (0.0, -head), (r, 0.0), (0.0, head), (0.0, shaft), (-r, shaft)],
+            center,
+            _ANGLE[group.direction],
+        )
     else:
         raise ValueError(f"unknown shape {group.shape!r}; known shapes: {SHAPES}")
     pen.polygon(points, fill=fill, outline=outline)
@@ -193,23 +241,47 @@ def questions_about(scene: Scene, rng: random.Random) -> list[QA]:
     out = []
     for g in groups:
         plural = f"{g.color} {g.shape}s"
-        out.append(QA("count", f"How many {plural} are there?", str(g.count),
-                      f"There {'is' if g.count == 1 else 'are'} {NUMBER_WORDS[g.count]} {g.color} "
-                      f"{g.shape}{'s' if g.count > 1 else ''}."))
-        out.append(QA("color", f"What color is the {g.shape}{'s' if g.count > 1 else ''}?"
-                      if sum(h.shape == g.shape for h in groups) == 1 else
-                      f"What color are the shapes on the {g.position}?", g.color.capitalize(),
-                      f"The {g.shape}{'s are' if g.count > 1 else ' is'} {g.color}."))
-        out.append(QA("position", f"Where {'are' if g.count > 1 else 'is'} the {plural if g.count > 1 else g.noun()}?"
-                      f" Left, right, top or bottom?", g.position.capitalize(),
-                      f"{'They are' if g.count > 1 else 'It is'} {'on' if g.position in ('left', 'right') else 'at'}"
-                      f" the {g.position}."))
+        out.append(
+            QA(
+                "count",
+                f"How many {plural} are there?",
+                str(g.count),
+                f"There {'is' if g.count == 1 else 'are'} {NUMBER_WORDS[g.count]} {g.color} "
+                f"{g.shape}{'s' if g.count > 1 else ''}.",
+            )
+        )
+        out.append(
+            QA(
+                "color",
+                f"What color is the {g.shape}{'s' if g.count > 1 else ''}?"
+                if sum(h.shape == g.shape for h in groups) == 1
+                else f"What color are the shapes on the {g.position}?",
+                g.color.capitalize(),
+                f"The {g.shape}{'s are' if g.count > 1 else ' is'} {g.color}.",
+            )
+        )
+        out.append(
+            QA(
+                "position",
+                f"Where {'are' if g.count > 1 else 'is'} the {plural if g.count > 1 else g.noun()}?"
+                f" Left, right, top or bottom?",
+                g.position.capitalize(),
+                f"{'They are' if g.count > 1 else 'It is'} {'on' if g.position in ('left', 'right') else 'at'}"
+                f" the {g.position}.",
+            )
+        )
     present = {g.shape for g in groups}
     absent = [s for s in SHAPES if s not in present]
     probe = rng.choice([rng.choice(sorted(present)), rng.choice(absent)])
     yes = probe in present
-    out.append(QA("presence", f"Is there a {probe} in the image?", "Yes" if yes else "No",
-                  f"{'Yes' if yes else 'No'}, there is {'a' if yes else 'no'} {probe} in the image."))
+    out.append(
+        QA(
+            "presence",
+            f"Is there a {probe} in the image?",
+            "Yes" if yes else "No",
+            f"{'Yes' if yes else 'No'}, there is {'a' if yes else 'no'} {probe} in the image.",
+        )
+    )
     return out
 
 
@@ -231,8 +303,13 @@ def draw_pair(rng: random.Random, pattern: str, size: tuple[int, int] = (32, 32)
     """Draw two scenes that differ only in `pattern` (one of PATTERNS)."""
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; known patterns: {PATTERNS}")
-    base = Group(shape=rng.choice(("circle", "square", "star")), color=rng.choice(list(COLORS)), count=1,
-                 position="center", size="large")
+    base = Group(
+        shape=rng.choice(("circle", "square", "star")),
+        color=rng.choice(list(COLORS)),
+        count=1,
+        position="center",
+        size="large",
+    )
     background = rng.choice(BACKGROUNDS)
     text_a = text_b = None
     extra_a: list[Group] = []
@@ -255,8 +332,10 @@ def draw_pair(rng: random.Random, pattern: str, size: tuple[int, int] = (32, 32)
     elif pattern == "quantity":
         n1, n2 = rng.sample((1, 2, 3, 4), 2)
         a, b = replace(base, count=n1, position="top"), replace(base, count=n2, position="top")
-        statements = (f"{NUMBER_WORDS[n1]} {base.color} {base.shape}{'s' if n1 > 1 else ''}",
-                      f"{NUMBER_WORDS[n2]} {base.color} {base.shape}{'s' if n2 > 1 else ''}")
+        statements = (
+            f"{NUMBER_WORDS[n1]} {base.color} {base.shape}{'s' if n1 > 1 else ''}",
+            f"{NUMBER_WORDS[n2]} {base.color} {base.shape}{'s' if n2 > 1 else ''}",
+        )
         question, options = f"How many {base.shape}s are there?", (str(n1), str(n2))
     elif pattern == "position":
         p1, p2 = rng.choice((("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top")))
@@ -282,9 +361,18 @@ def draw_pair(rng: random.Random, pattern: str, size: tuple[int, int] = (32, 32)
         question, options = "Which letter is written in the image?", (t1, t2)
     else:  # viewpoint: close-up (large) vs far away (small)
         a, b = base, replace(base, size="small")
-        statements = (f"a close-up of a {base.color} {base.shape}", f"a {base.color} {base.shape} seen from far away")
+        statements = (
+            f"a close-up of a {base.color} {base.shape}",
+            f"a {base.color} {base.shape} seen from far away",
+        )
         question, options = f"Is the {base.shape} seen close up or from far away?", ("Close up", "Far away")
     scene_a = draw_scene(rng, size, [a, *extra_a], text=text_a, background=background)
     scene_b = draw_scene(rng, size, [b, *extra_b], text=text_b, background=background)
-    return Pair(pattern=pattern, scenes=(scene_a, scene_b), statements=statements, question=question,
-                options=options, answers=(0, 1))
+    return Pair(
+        pattern=pattern,
+        scenes=(scene_a, scene_b),
+        statements=statements,
+        question=question,
+        options=options,
+        answers=(0, 1),
+    )
