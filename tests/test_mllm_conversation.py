@@ -17,22 +17,11 @@ SYSTEM_TOKENS = ["▁A", "▁chat", "▁between", "▁a", "▁curious", "▁user
 IMG = "IMG"
 
 
-def tiny_tokenizer(tmp_path_factory):
-    """The zoo's vicuna tokenizer, written once per session under the pytest base temp dir."""
+@pytest.fixture(scope="module")
+def tokenizer(zoo):
     from transformers import AutoTokenizer
 
-    from llava_plugin.toy import Zoo
-    from llava_plugin.toy.llm import write_llm
-
-    root = tmp_path_factory.getbasetemp() / "toy_llm_seed0"
-    if not (root / "models" / "vicuna-tiny" / "config.json").is_file():
-        write_llm(Zoo(root=root), seed=0)
-    return AutoTokenizer.from_pretrained(root / "models" / "vicuna-tiny")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return tiny_tokenizer(tmp_path_factory)
+    return AutoTokenizer.from_pretrained(zoo.llm)
 
 
 def layout(sample, tokenizer, image_token_id=IMAGE_TOKEN_INDEX):

@@ -20,18 +20,10 @@ N_PATCHES = 16  # (32 / 8) ** 2
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    """The zoo's tiny vicuna and synthetic LLaVA data (parts llm + data only)."""
-    from llava_plugin.toy import build_zoo
-
-    return build_zoo(tmp_path_factory.mktemp("toy"), seed=0, parts=["llm", "data"])
-
-
-@pytest.fixture(scope="module")
-def tokenizer(toy):
+def tokenizer(zoo):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(toy.llm)
+    return AutoTokenizer.from_pretrained(zoo.llm)
 
 
 @pytest.fixture(scope="module")
@@ -227,13 +219,13 @@ def test_sampler_groups_lengths():
         assert abs(totals[0] - totals[1]) <= max(lengths[i] for batch in step for i in batch)
 
 
-def test_dataloader_end_to_end_on_zoo_data(toy, tokenizer, processor):
+def test_dataloader_end_to_end_on_zoo_data(zoo, tokenizer, processor):
     """The zoo's mix665k-style file: every sample checks out and supervises exactly its answers."""
-    cfg = DataConfig(data_path=str(toy.data["llava_finetune"]), image_folder=str(toy.data["llava_image_folder"]),
+    cfg = DataConfig(data_path=str(zoo.data["llava_finetune"]), image_folder=str(zoo.data["llava_image_folder"]),
                      verify=True)
     dataset = LlavaDataset(cfg, tokenizer, get_template("vicuna_v1"), processor, image_token_id=IMAGE_TOKEN,
                            num_image_tokens=N_PATCHES)
-    records = json.loads(toy.data["llava_finetune"].read_text())
+    records = json.loads(zoo.data["llava_finetune"].read_text())
     assert len(dataset) == len(records) and not dataset.skipped
     for index, record in enumerate(records):
         answers = [turn["value"] + "</s>" for turn in record["conversations"] if turn["from"] == "gpt"]
@@ -249,21 +241,21 @@ def test_dataloader_end_to_end_on_zoo_data(toy, tokenizer, processor):
         assert (batch["input_ids"] == IMAGE_TOKEN).sum() == n_images * N_PATCHES
 
 
-def test_pretrain_data_with_plain(toy, tokenizer, processor):
-    cfg = DataConfig(data_path=str(toy.data["llava_pretrain"]), image_folder=str(toy.data["llava_pretrain_images"]))
+def test_pretrain_data_with_plain(zoo, tokenizer, processor):
+    cfg = DataConfig(data_path=str(zoo.data["llava_pretrain"]), image_folder=str(zoo.data["llava_pretrain_images"]))
     dataset = LlavaDataset(cfg, tokenizer, get_template("plain"), processor)
-    records = json.loads(toy.data["llava_pretrain"].read_text())
+    records = json.loads(zoo.data["llava_pretrain"].read_text())
     item = dataset[0]
     assert item["input_ids"][:2].tolist() == [tokenizer.bos_token_id, IMAGE_TOKEN_INDEX]
     supervised = item["input_ids"][item["labels"] != IGNORE_INDEX]
     assert tokenizer.decode(supervised) == records[0]["conversations"][1]["value"] + "\n"
 
 
-def test_inspect_cli(tmp_path, toy, capsys):
+def test_inspect_cli(tmp_path, zoo, capsys):
     from mllm_train import inspect
 
     path = write_fixture(tmp_path, GOOD + [BAD["two-tags"][0]])
-    status = inspect.main(["--data", str(path), "--tokenizer", str(toy.llm), "--template", "vicuna_v1",
+    status = inspect.main(["--data", str(path), "--tokenizer", str(zoo.llm), "--template", "vicuna_v1",
                            "--image-folder", str(tmp_path / "img")])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert status == 1 and [line["id"] for line in lines] == ["img-1", "text-1", "img-2", "two-tags"]
@@ -276,10 +268,10 @@ def test_inspect_cli(tmp_path, toy, capsys):
                                                    "in the first human turn"}
 
 
-def test_inspect_runs_as_module(tmp_path, toy):
+def test_inspect_runs_as_module(tmp_path, zoo):
     path = write_fixture(tmp_path, [GOOD[0]])
     out = subprocess.run([sys.executable, "-m", "mllm_train.inspect", "--data", str(path), "--tokenizer",
-                          str(toy.llm), "--template", "plain", "--max-length", "4"],
+                          str(zoo.llm), "--template", "plain", "--max-length", "4"],
                          capture_output=True, text=True, check=True).stdout
     line = json.loads(out)
     assert line["prompt"] == "<image>Red.\n" and line["truncated"]
@@ -287,7 +279,7 @@ def test_inspect_runs_as_module(tmp_path, toy):
     assert len(line["input_ids"]) == 4
 
 
-def test_expanded_form_matches_hf_llava_processor(toy, tokenizer, processor):
+def test_expanded_form_matches_hf_llava_processor(zoo, tokenizer, processor):
     """Training tokens == what HF's LlavaProcessor feeds the model for the same prompt at inference."""
     import copy
 
@@ -298,7 +290,7 @@ def test_expanded_form_matches_hf_llava_processor(toy, tokenizer, processor):
     image_token = with_image.convert_tokens_to_ids("<image>")
     llava = LlavaProcessor(image_processor=processor, tokenizer=with_image, patch_size=8,
                            vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    cfg = DataConfig(data_path=str(toy.data["llava_finetune"]), image_folder=str(toy.data["llava_image_folder"]))
+    cfg = DataConfig(data_path=str(zoo.data["llava_finetune"]), image_folder=str(zoo.data["llava_image_folder"]))
     dataset = LlavaDataset(cfg, with_image, get_template("vicuna_v1"), processor, image_token_id=image_token,
                            num_image_tokens=N_PATCHES)
     checked = 0
