@@ -235,7 +235,7 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     @property
     def lengths(self) -> list[int]:
-        """Length proxy per sample for grouping: word count (+ image tokens), as LLaVA groups."""
+        """Length proxy per sample for grouping: LLaVA's word count, plus the image tokens."""
         return [sample.num_words + (self.num_image_tokens if sample.image else 0) for sample in self.samples]
 
     def __len__(self) -> int:

@@ -7,7 +7,9 @@ Each line holds the id, the rendered `prompt`, `input_ids` with the image collap
 IMAGE_TOKEN_INDEX (-200) as original LLaVA does (so the output is comparable with it),
 `labels` (-100 where not supervised) and `supervised_text` (each contiguous supervised run,
 decoded). A bad sample prints `{"id", "error"}` instead; the exit status is 1 if any was bad.
-With --image-folder, each sample's image must exist and decode.
+With --image-folder, each sample's image must exist and decode. --max-length counts the
+collapsed image as one position, as original LLaVA's collator does (training counts every
+image token).
 """
 from __future__ import annotations
 
