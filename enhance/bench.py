@@ -1,0 +1,162 @@
+"""`python -m enhance bench`: training speed and peak memory per method, side by side, for
+
+    plain            the loop as configured
+    cache            latent cache on (targets read from disk instead of encode_targets each step)
+    checkpointing    gradient checkpointing of the tower
+
+Every variant runs through the real Trainer for `--warmup` steps, then `--steps` timed steps.
+Defaults run every tiny-* preset on the tiny zoo (built in a temp dir unless --zoo is given);
+pass --preset/--vision-tower/--generator/--data to bench real models.
+
+Memory: on CUDA, torch.cuda.max_memory_allocated (reset per variant). On CPU, the process's
+peak resident set size (VmHWM from /proc/self/status, reset per variant by writing 5 to
+/proc/self/clear_refs); it counts everything resident, models included, so compare variants
+by their difference. Where /proc is unavailable, ru_maxrss (never reset: monotone) is
+reported and labelled so.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+VARIANTS: dict[str, dict] = {
+    "plain": {},
+    "cache": {"cache": {"latents": True}},
+    "checkpointing": {"precision": {"gradient_checkpointing": True}},
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--presets", help="comma-separated presets to bench (default: every tiny-* preset)")
+    p.add_argument("--preset", help="bench one preset on real models (with --vision-tower/--generator/--data)")
+    p.add_argument("--vision-tower", help="tower spec (overrides the preset's)")
+    p.add_argument("--generator", help="generator spec (overrides the preset's)")
+    p.add_argument("--data", help="image source (overrides the preset's)")
+    p.add_argument("--zoo", help="tiny-zoo dir for the tiny presets (default: build one in a temp dir)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {list(VARIANTS)}")
+    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per variant (default 4)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--output", default="bench.json", help="JSON file to write (default bench.json)")
+
+
+class PeakMemory:
+    """Peak memory of the code between `reset()` and `peak_mb()`; `kind` says what is measured."""
+
+    def __init__(self):
+        if torch.cuda.is_available():
+            self.kind = "torch.cuda.max_memory_allocated"
+        elif Path("/proc/self/clear_refs").exists():
+            self.kind = "VmHWM (peak RSS, reset per variant)"
+        else:
+            self.kind = "ru_maxrss (process lifetime peak, not resettable)"
+
+    def reset(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        elif "VmHWM" in self.kind:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self.kind = "ru_maxrss (process lifetime peak, not resettable)"
+
+    def peak_mb(self) -> float:
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+        if "VmHWM" in self.kind:
+            kb = int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+            return kb / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, steps: int, warmup: int,
+              workdir: Path, memory: PeakMemory) -> dict:
+    from enhance.config import load_config
+    from enhance.trainer import Trainer
+    from llava_plugin.config import deep_merge
+
+    run_dir = workdir / f"{preset}-{variant}"
+    fixed = {"output_dir": str(run_dir), "schedule": {"max_steps": warmup + steps},
+             "checkpointing": {"every_steps": 0, "resume": "none"},
+             "logging": {"diagnose_images": 0, "progress_bar": False}}
+    cfg = load_config(preset=preset, overrides=deep_merge(deep_merge(overrides, VARIANTS[variant]), fixed), zoo=zoo)
+    start = time.perf_counter()
+    trainer = Trainer(cfg).setup()
+    setup_s = time.perf_counter() - start
+    trainer.train(warmup)
+    memory.reset()
+    start = time.perf_counter()
+    trainer.train(steps)
+    seconds = time.perf_counter() - start
+    peak = memory.peak_mb()
+    images = steps * cfg.data.global_batch_size
+    result = {"preset": preset, "method": cfg.method_name, "variant": variant, "steps": steps,
+              "images": images, "seconds": seconds, "images_per_s": images / seconds, "peak_mb": peak,
+              "setup_s": setup_s, "final_loss": trainer.history[-1]["loss"]}
+    del trainer
+    gc.collect()
+    return result
+
+
+def format_table(rows: list[dict], memory_kind: str) -> str:
+    lines = [f"{'preset':<28} {'variant':<14} {'img/s':>9} {'x plain':>8} {'peak MB':>9} {'x plain':>8} {'setup s':>8}"]
+    plain = {r["preset"]: r for r in rows if r["variant"] == "plain"}
+    for r in rows:
+        base = plain.get(r["preset"])
+        speed = f"{r['images_per_s'] / base['images_per_s']:.2f}" if base else "-"
+        mem = f"{r['peak_mb'] / base['peak_mb']:.2f}" if base else "-"
+        lines.append(f"{r['preset']:<28} {r['variant']:<14} {r['images_per_s']:>9.2f} {speed:>8} "
+                     f"{r['peak_mb']:>9.1f} {mem:>8} {r['setup_s']:>8.1f}")
+    lines.append(f"memory: {memory_kind}; cache setup time includes building the cache")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    from enhance import distributed
+    from enhance.config import ConfigError, presets
+    from llava_plugin.config import deep_merge, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    for flag, key in (("vision_tower", "vision_tower"), ("generator", "generator")):
+        if getattr(args, flag):
+            overrides[key] = getattr(args, flag)
+    if args.data:
+        overrides = deep_merge(overrides, {"data": {"source": args.data}})
+    chosen = [args.preset] if args.preset else (
+        args.presets.split(",") if args.presets else [p for p in presets() if p.startswith("tiny-")])
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ConfigError(f"--variants {unknown}: known variants are {list(VARIANTS)}")
+    distributed.init()
+    memory = PeakMemory()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="enhance-bench-") as tmp:
+        zoo = args.zoo
+        if zoo is None and any(p.startswith("tiny-") for p in chosen):
+            from llava_plugin.toy import build_zoo
+
+            zoo = str(build_zoo(Path(tmp) / "zoo", seed=0, parts=["vision", "diffusion", "data"]).root)
+        for preset in chosen:
+            for variant in variants:
+                row = bench_one(preset, variant, zoo=zoo, overrides=overrides, steps=args.steps,
+                                warmup=args.warmup, workdir=Path(tmp), memory=memory)
+                rows.append(row)
+                print(f"  {preset} {variant}: {row['images_per_s']:.2f} img/s, peak {row['peak_mb']:.0f} MB",
+                      flush=True)
+    result = {"memory_measure": memory.kind, "device": str(distributed.device()),
+              "world_size": distributed.world_size(), "rows": rows}
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    print(format_table(rows, memory.kind))
+    print(f"wrote {args.output}")
+    distributed.shutdown()
+    return 0

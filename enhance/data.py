@@ -1,0 +1,374 @@
+"""Image sources and the deterministic, resumable micro-batch plan of a training run.
+
+A source is an indexable list of images (`open_source(spec)`):
+    DIR                      every image file under DIR (recursive, sorted)
+    FILE.jsonl               one {"image": path} per line, paths relative to the file's folder
+    SHARD.tar, a brace       webdataset shards (img2dataset/CC3M layout: KEY.jpg + KEY.txt ...);
+    pattern ({00000..00099}.tar), or a directory holding only .tar files
+Shards are indexed once (tar headers only), then read by offset, so any rank can read any image.
+
+The order is a pure function of (seed, epoch), so the run's position is just its step: optimizer
+step s consumes stream positions [s*G, (s+1)*G) (G = global batch), split into micro-batches of m
+images; micro-batch j of the step goes to rank j % world at accumulation index j // world. Each
+rank decodes only its own micro-batches, and every rank count sees the same global batches.
+
+Unreadable images (zero-size, truncated, not an image) are skipped, never a crash: the slot is
+refilled by the next readable image in dataset order, and every failure is counted and reported
+(`bad` in each micro-batch); `BadImageTracker` turns too many into an error.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_CONSECUTIVE_BAD = 64  # more unreadable images in a row than this means the source itself is broken
+
+
+class DataError(ValueError):
+    """A data source that cannot be used at all (missing, empty, malformed list file)."""
+
+
+class BadImage(Exception):
+    """One image that cannot be decoded; skipped and counted."""
+
+
+# --------------------------------------------------------------------------- sources
+class ImageSource:
+    """An ordered list of images; `key(i)` is a stable name, `read(i)` the raw bytes."""
+
+    description: str = ""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def key(self, index: int) -> str:
+        raise NotImplementedError
+
+    def read(self, index: int) -> bytes:
+        raise NotImplementedError
+
+    def keys(self) -> list[str]:
+        return [self.key(i) for i in range(len(self))]
+
+    def load(self, index: int) -> Image.Image:
+        """Decoded RGB image; raises BadImage (with the reason) when it cannot be read."""
+        try:
+            data = self.read(index)
+        except OSError as err:
+            raise BadImage(f"cannot read: {err}") from err
+        return decode_image(data)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Bytes -> fully decoded RGB image (grayscale, RGBA, CMYK, palette converted)."""
+    if not data:
+        raise BadImage("zero-size file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decode now: a truncated file fails here, not later in a worker
+            if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                background = Image.new("RGB", rgba.size, (255, 255, 255))
+                background.paste(rgba, mask=rgba.getchannel("A"))
+                return background
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImage(f"{type(err).__name__}: {err}") from err
+
+
+class FolderSource(ImageSource):
+    def __init__(self, root: Path):
+        self.root = root
+        self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.description = f"folder {root} ({len(self.paths)} images)"
+
+    def __len__(self):
+        return len(self.paths)
+
+    def key(self, index):
+        return self.paths[index].relative_to(self.root).as_posix()
+
+    def read(self, index):
+        return self.paths[index].read_bytes()
+
+
+class JsonlSource(ImageSource):
+    def __init__(self, path: Path, image_key: str = "image"):
+        self.root = path.parent
+        self.names: list[str] = []
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno} is not JSON ({err}); each line must be "
+                                f'{{"{image_key}": "relative/or/absolute/path.jpg"}}') from err
+            if not isinstance(row, dict) or not isinstance(row.get(image_key), str):
+                raise DataError(f"{path}:{lineno} has no string {image_key!r} field; each line must be "
+                                f'{{"{image_key}": "path.jpg", ...}}')
+            self.names.append(row[image_key])
+        self.description = f"jsonl {path} ({len(self.names)} images)"
+
+    def __len__(self):
+        return len(self.names)
+
+    def key(self, index):
+        return self.names[index]
+
+    def read(self, index):
+        return (self.root / self.names[index]).read_bytes()
+
+
+@dataclass
+class _Member:
+    shard: int
+    offset: int
+    size: int
+    key: str
+
+
+class WebDatasetSource(ImageSource):
+    """Random access into webdataset shards: one image member per sample key."""
+
+    def __init__(self, shards: list[Path]):
+        self.shards = shards
+        self.members: list[_Member] = []
+        for shard_index, shard in enumerate(shards):
+            self.members += _index_shard(shard, shard_index)
+        self.description = f"webdataset {len(shards)} shard(s) ({len(self.members)} images)"
+
+    def __len__(self):
+        return len(self.members)
+
+    def key(self, index):
+        m = self.members[index]
+        return f"{self.shards[m.shard].name}/{m.key}"
+
+    def read(self, index):
+        m = self.members[index]
+        with open(self.shards[m.shard], "rb") as f:
+            f.seek(m.offset)
+            return f.read(m.size)
+
+
+def _index_shard(shard: Path, shard_index: int) -> list[_Member]:
+    members: dict[str, _Member] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                name = info.name
+                stem, dot, suffix = name.rpartition(".")
+                if not dot or f".{suffix.lower()}" not in IMAGE_SUFFIXES:
+                    continue
+                # webdataset keys: everything before the first dot of the basename
+                base = name.rsplit("/", 1)[-1]
+                key = name[: len(name) - len(base)] + base.split(".", 1)[0]
+                members.setdefault(key, _Member(shard_index, info.offset_data, info.size, key))
+    except tarfile.ReadError as err:
+        raise DataError(f"webdataset shard {shard} is not a readable tar file ({err}); "
+                        "re-download it or remove it from the shard list") from err
+    return list(members.values())
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a/{000..002}.tar` -> [a/000.tar, a/001.tar, a/002.tar]; `{a,b}` lists work too."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if not match:
+        return [pattern]
+    head, tail, body = pattern[: match.start()], pattern[match.end():], match.group(1)
+    range_match = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if range_match:
+        lo, hi = range_match.groups()
+        width = len(lo)
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    else:
+        options = body.split(",")
+    return [p for option in options for p in expand_braces(head + option + tail)]
+
+
+def open_source(spec: str | Path) -> ImageSource:
+    """Resolve a --data spec (see module docstring) to an ImageSource; raises DataError if unusable."""
+    text = str(spec)
+    if not text:
+        raise DataError("no data source given: pass --data DIR|FILE.jsonl|SHARDS.tar")
+    if "{" in text:
+        shards = [Path(p) for p in expand_braces(text)]
+        missing = [str(p) for p in shards if not p.is_file()]
+        if missing:
+            raise DataError(f"data {text!r}: {len(missing)} shard(s) of the pattern do not exist, e.g. {missing[0]}")
+        source: ImageSource = WebDatasetSource(shards)
+    else:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise DataError(f"data {text!r} does not exist (expected an image folder, a .jsonl list or .tar shards)")
+        if path.is_file() and path.suffix == ".jsonl":
+            source = JsonlSource(path)
+        elif path.is_file() and path.suffix == ".tar":
+            source = WebDatasetSource([path])
+        elif path.is_dir():
+            shards = sorted(path.glob("*.tar"))
+            others = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+            if shards and not others:
+                source = WebDatasetSource(shards)
+            else:
+                source = FolderSource(path)
+        else:
+            raise DataError(f"data {text!r}: a file must be .jsonl (image list) or .tar (webdataset shard)")
+    if len(source) == 0:
+        raise DataError(f"data {text!r} holds no images ({source.description}); image suffixes: {IMAGE_SUFFIXES}")
+    return source
+
+
+# --------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which images each rank reads at each step (see module docstring)."""
+
+    num_images: int
+    global_batch: int
+    micro_batch: int
+    world_size: int
+    rank: int
+    seed: int
+    shuffle: bool = True
+
+    @property
+    def micro_per_step(self) -> int:
+        return self.global_batch // self.micro_batch
+
+    @property
+    def accumulation(self) -> int:
+        return self.micro_per_step // self.world_size
+
+    def check(self) -> None:
+        if self.micro_per_step % self.world_size:
+            raise DataError(
+                f"data.global_batch_size={self.global_batch} with data.micro_batch_size={self.micro_batch} gives "
+                f"{self.micro_per_step} micro-batches per step, not divisible by world size {self.world_size}; "
+                f"make global_batch_size a multiple of micro_batch_size x {self.world_size}")
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_images)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
+
+    def positions(self, micro_index: int) -> range:
+        """Global stream positions of global micro-batch `micro_index` (= step * micro_per_step + j)."""
+        start = micro_index * self.micro_batch
+        return range(start, start + self.micro_batch)
+
+    def rank_micro_indices(self, step: int) -> list[int]:
+        """This rank's global micro-batch indices of optimizer step `step`, in accumulation order."""
+        base = step * self.micro_per_step
+        return [base + a * self.world_size + self.rank for a in range(self.accumulation)]
+
+    def epoch_of(self, step: int) -> float:
+        return step * self.global_batch / self.num_images
+
+
+class PlanSampler(torch.utils.data.Sampler):
+    """This rank's global micro-batch indices for steps [start_step, end_step)."""
+
+    def __init__(self, plan: BatchPlan, start_step: int, end_step: int):
+        self.plan, self.start_step, self.end_step = plan, start_step, end_step
+
+    def __iter__(self):
+        for step in range(self.start_step, self.end_step):
+            yield from self.plan.rank_micro_indices(step)
+
+    def __len__(self):
+        return max(0, self.end_step - self.start_step) * self.plan.accumulation
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Global micro-batch index -> preprocessed tensors (+ cached targets) and skip accounting.
+
+    Items: {"batch": {name: tensor}, "indices": [dataset index per row], "micro_index": int,
+            "tried": images attempted, "bad": [(key, reason), ...]}.
+    """
+
+    def __init__(self, source: ImageSource, plan: BatchPlan,
+                 preprocess: Callable[[list[Image.Image]], dict[str, torch.Tensor]],
+                 targets: Callable[[list[int]], dict[str, torch.Tensor]] | None = None):
+        self.source, self.plan, self.preprocess, self.targets = source, plan, preprocess, targets
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __len__(self):  # indices are unbounded (epochs repeat); the sampler bounds them
+        return 2**62
+
+    def _index_at(self, position: int) -> int:
+        epoch, offset = divmod(position, self.plan.num_images)
+        if epoch not in self._perms:
+            self._perms = {epoch: self.plan.permutation(epoch)}  # only the current epoch is needed
+        return int(self._perms[epoch][offset])
+
+    def __getitem__(self, micro_index: int) -> dict:
+        images, indices, bad = [], [], []
+        tried = 0
+        for position in self.plan.positions(micro_index):
+            index = self._index_at(position)
+            for _ in range(MAX_CONSECUTIVE_BAD + 1):
+                tried += 1
+                try:
+                    images.append(self.source.load(index))
+                    indices.append(index)
+                    break
+                except BadImage as err:
+                    bad.append((self.source.key(index), str(err)))
+                    index = (index + 1) % self.plan.num_images
+            else:
+                raise DataError(f"{MAX_CONSECUTIVE_BAD + 1} unreadable images in a row near "
+                                f"{self.source.key(index)} in {self.source.description}: the source looks broken")
+        batch = self.preprocess(images)
+        if self.targets is not None:
+            batch.update(self.targets(indices))
+        return {"batch": batch, "indices": indices, "micro_index": micro_index, "tried": tried, "bad": bad}
+
+
+def collate_identity(item):
+    return item
+
+
+@dataclass
+class BadImageTracker:
+    """Counts skipped images; raises once more than `max_fraction` of the images tried were bad."""
+
+    max_fraction: float
+    check_after: int
+    tried: int = 0
+    bad: dict[str, str] = field(default_factory=dict)  # key -> reason (first seen)
+    bad_count: int = 0  # failures, repeats included (an unreadable image fails again every epoch)
+
+    def add(self, tried: int, bad: list[tuple[str, str]]) -> None:
+        self.tried += tried
+        self.bad_count += len(bad)
+        for key, reason in bad:
+            self.bad.setdefault(key, reason)
+
+    def check(self, tried: int, bad_count: int, final: bool = False) -> None:
+        """`tried`/`bad_count` are the totals over all ranks."""
+        if tried == 0 or (not final and tried < self.check_after):
+            return
+        if bad_count / tried > self.max_fraction:
+            raise DataError(
+                f"{bad_count} of {tried} images tried ({bad_count / tried:.1%}) were unreadable, more than "
+                f"data.max_bad_fraction={self.max_fraction}; e.g. {self.report(5)}. Fix or remove those files, "
+                "or raise data.max_bad_fraction")
+
+    def report(self, limit: int = 10) -> str:
+        items = list(self.bad.items())[:limit]
+        more = f" (+{len(self.bad) - limit} more)" if len(self.bad) > limit else ""
+        return "; ".join(f"{k}: {v}" for k, v in items) + more
