@@ -200,3 +200,40 @@ def test_wrong_layout_is_a_clear_cli_error(zoo, tmp_path, capsys):
         == 2
     )
     assert "MLLM_VLM Images" in capsys.readouterr().err
+
+
+def test_eval_prompt_matches_the_checkpoint_chat_template(zoo):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(zoo.llava)
+    for question in ("What is it?", "Which way is the arrow pointing?\nA. Up\nB. Down"):
+        message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        assert processor.apply_chat_template(message, add_generation_prompt=True) == mllm.format_prompt(
+            question
+        )
+
+
+def test_original_llava_checkpoint_runs(zoo, tmp_path):
+    out = tmp_path / "cv_bench"
+    _run(
+        [
+            "cv-bench",
+            "--model",
+            zoo.llava_original,
+            "--vision-tower",
+            zoo.clip,
+            "--data",
+            zoo.data["cv_bench"],
+            "--output",
+            out,
+            "--batch-size",
+            16,
+            "--max-new-tokens",
+            2,
+            "--parser",
+            "lmms",
+        ]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["vision_tower"] == str(zoo.clip) and metrics["parser"] == "lmms"
+    assert main(["rescore", str(out)]) == 0
