@@ -1,0 +1,328 @@
+"""LLaVA-1.5 as an HF `LlavaForConditionalGeneration` + `LlavaProcessor`, from any `VisionTower`.
+
+HF Llava is LLaVA-1.5's architecture: a vision tower whose hidden state at
+`vision_feature_layer` is projected by Linear-GELU-Linear (`mlp2x_gelu`) into the LLM's input
+embeddings, one embedding per `<image>` token of the text. The differences from the original
+code are in the bookkeeping only: HF Llava repeats `<image>` once per feature token in the
+text (the original collapses it to one position, id -200), and drops the CLS token with
+`vision_feature_select_strategy="default"`, so towers without CLS (SigLIP) use `"full"`.
+
+An HF Llava directory is the contract between training and evaluation: `save_llava` writes
+model + processor (chat template included) + `genfeedback.json`, and
+`LlavaForConditionalGeneration.from_pretrained` / `AutoProcessor.from_pretrained` read it
+without our code. `load_llava` also reads original LLaVA-1.5 checkpoints (see convert_llava.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from llava_plugin.towers import VisionTower
+
+IMAGE_TOKEN = "<image>"
+METADATA_FILE = "genfeedback.json"
+MM_PROJECTOR_FILE = "mm_projector.bin"
+
+# LLaVA projector name -> HF Llava `projector_hidden_act`. HF Llava has only the two-layer MLP,
+# so `linear` and deeper `mlpNx_gelu` projectors cannot be represented.
+PROJECTORS = {"mlp2x_gelu": "gelu"}
+
+# Original LLaVA's mm_projector is nn.Sequential(Linear, GELU, Linear): indices 0 and 2.
+MM_PROJECTOR_KEYS = {
+    "model.mm_projector.0.weight": "linear_1.weight",
+    "model.mm_projector.0.bias": "linear_1.bias",
+    "model.mm_projector.2.weight": "linear_2.weight",
+    "model.mm_projector.2.bias": "linear_2.bias",
+}
+
+VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+# LLaVA-1.5's `vicuna_v1` conversation (conv-mode vicuna_v1) as a Jinja chat template:
+#   "{system} USER: <image>\n{question} ASSISTANT: {answer}</s>USER: ... ASSISTANT:"
+# The image tag goes to the front of its turn and the turn's words are stripped, as LLaVA-1.5
+# does; a turn that is only an image renders "<image>" alone. Message content may be a string
+# (which may contain "<image>") or HF content parts ({"type": "image"}, {"type": "text"}).
+# A leading system message replaces the default system prompt. Must render exactly like
+# mllm_train's `vicuna_v1` template (a test checks it).
+VICUNA_V1_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system=\"" + VICUNA_V1_SYSTEM + "\", start=0) -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set ns.start = 1 -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set ns.system = messages[0]['content'] -%}"
+    "{%- else -%}{%- set ns.system = messages[0]['content'] | selectattr('type', 'equalto', 'text')"
+    " | map(attribute='text') | join(' ') -%}{%- endif -%}"
+    "{%- endif -%}"
+    "{{- ns.system ~ ' ' -}}"
+    "{%- for message in messages[ns.start:] -%}"
+    "{%- if message['content'] is string -%}"
+    "{%- set images = message['content'].count('<image>') -%}"
+    "{%- set text = message['content'].replace('<image>', '') -%}"
+    "{%- else -%}"
+    "{%- set images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
+    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+    " | join(' ') -%}"
+    "{%- endif -%}"
+    "{%- if images > 1 -%}{{- raise_exception('one image per conversation turn is supported') -}}{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if images == 1 -%}{%- set text = text | trim -%}"
+    "{{- 'USER: <image>' ~ ('\\n' if text else '') ~ text ~ ' ' -}}"
+    "{%- else -%}{{- 'USER: ' ~ text ~ ' ' -}}{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{%- if images -%}{{- raise_exception('assistant messages cannot carry an image') -}}{%- endif -%}"
+    "{{- 'ASSISTANT: ' ~ text ~ '</s>' -}}"
+    "{%- else -%}"
+    "{{- raise_exception('unknown role ' ~ message['role'] ~ ': expected system (first), user or assistant') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+
+def feature_strategy(tower_has_cls: bool, select_feature: str) -> str:
+    """HF Llava's `vision_feature_select_strategy` for LLaVA's `mm_vision_select_feature`.
+
+    `default` drops the first token, which is right only when that token is a CLS token.
+    """
+    if select_feature == "patch":
+        return "default" if tower_has_cls else "full"
+    if select_feature == "cls_patch":
+        if not tower_has_cls:
+            raise ValueError("select_feature='cls_patch' needs a tower with a CLS token (SigLIP has none); use 'patch'")
+        return "full"
+    raise ValueError(f"select_feature={select_feature!r}; expected 'patch' (LLaVA-1.5) or 'cls_patch'")
+
+
+def num_image_tokens(tower: VisionTower, select_feature: str) -> int:
+    """Feature tokens per image the projector emits: patches, plus CLS with `cls_patch`."""
+    return tower.sizes.num_patches + int(select_feature == "cls_patch")
+
+
+def add_image_token(tokenizer) -> int:
+    """Add `<image>` as a special token (if missing) and return its id. LLaVA pads with <unk>,
+    so a tokenizer without a pad token gets its unk token as pad."""
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    if tokenizer.pad_token is None:
+        if tokenizer.unk_token is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither pad nor unk token; set a pad token")
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
+def llava_config(tower: VisionTower, text_config, image_token_id: int, *, projector: str = "mlp2x_gelu",
+                 select_layer: int = -2, select_feature: str = "patch"):
+    """The `LlavaConfig` joining `tower` to a language model of `text_config`."""
+    from transformers import LlavaConfig
+
+    if projector not in PROJECTORS:
+        raise ValueError(f"projector {projector!r} has no HF Llava equivalent; supported: {sorted(PROJECTORS)}")
+    num_states = tower.sizes.num_layers + 1  # embeddings output + one per layer
+    if not -num_states <= select_layer < num_states:
+        raise ValueError(f"select_layer={select_layer} out of range: the tower has {num_states} hidden states "
+                         f"(LLaVA-1.5 uses -2, the penultimate layer)")
+    return LlavaConfig(
+        vision_config=tower.model.config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_index=image_token_id,
+        image_seq_length=num_image_tokens(tower, select_feature),
+        projector_hidden_act=PROJECTORS[projector],
+        vision_feature_select_strategy=feature_strategy(tower.has_cls, select_feature),
+        vision_feature_layer=select_layer,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
+    )
+
+
+def llava_processor(tower: VisionTower, tokenizer, select_feature: str = "patch"):
+    """LlavaProcessor: the tower's image processor, the tokenizer (with `<image>`), vicuna_v1 chat."""
+    from transformers import LlavaProcessor
+
+    add_image_token(tokenizer)
+    return LlavaProcessor(
+        image_processor=tower.image_processor, tokenizer=tokenizer, patch_size=tower.sizes.patch_size,
+        vision_feature_select_strategy=feature_strategy(tower.has_cls, select_feature),
+        chat_template=VICUNA_V1_CHAT_TEMPLATE, image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=int(tower.has_cls),
+    )
+
+
+def assemble_llava(config, tower: VisionTower, language_model, lm_head, projector_state: dict | None = None,
+                   *, seed: int = 0):
+    """A `LlavaForConditionalGeneration` made of existing parts, without a second copy of the LLM.
+
+    The shell is built on the meta device and its language model / lm_head are replaced by the
+    given modules (so a 7B model is never allocated twice); the tower's vision weights are
+    copied in strictly; the projector gets `projector_state` (HF names `linear_1.*`, `linear_2.*`)
+    or a fresh `nn.Linear` initialisation seeded by `seed`, as LLaVA initialises it.
+    """
+    from transformers import AutoModel, LlavaForConditionalGeneration
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    dtype = language_model.dtype
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    vision = AutoModel.from_config(config.vision_config)
+    vision.load_state_dict(tower.vision_model.state_dict(), strict=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projector = LlavaMultiModalProjector(config)
+    if projector_state is not None:
+        projector.load_state_dict(projector_state, strict=True)
+    model.model.vision_tower = vision.to(dtype)
+    model.model.multi_modal_projector = projector.to(dtype)
+    model.model.language_model = language_model
+    model.lm_head = lm_head
+    meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if meta:
+        raise RuntimeError(f"assembled Llava still has unset tensors: {meta[:5]}")
+    if language_model.get_input_embeddings().num_embeddings != config.text_config.vocab_size:
+        raise ValueError(f"language model has {language_model.get_input_embeddings().num_embeddings} embeddings "
+                         f"but the config says vocab_size={config.text_config.vocab_size}")
+    return model.eval()
+
+
+def build_llava(tower: VisionTower, llm_dir: str | Path, projector: str = "mlp2x_gelu", select_layer: int = -2,
+                select_feature: str = "patch", *, dtype: torch.dtype = torch.float32, seed: int = 0,
+                attn_implementation: str | None = None):
+    """(LlavaForConditionalGeneration, LlavaProcessor) from a tower and an LLM directory, with a
+    freshly initialised projector: the starting point of LLaVA-1.5 pretraining.
+
+    `<image>` is added to the tokenizer and the embeddings grow by one row, initialised to the
+    mean of the existing rows (deterministic; the row is never read as input, images replace it).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    llm_dir = Path(llm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype, **kwargs)
+    processor = llava_processor(tower, tokenizer, select_feature)
+    image_token_id = processor.image_token_id
+    grow_embeddings(llm, len(tokenizer))
+    config = llava_config(tower, llm.config, image_token_id, projector=projector, select_layer=select_layer,
+                          select_feature=select_feature)
+    model = assemble_llava(config, tower, llm.model, llm.lm_head, seed=seed)
+    model.generation_config = greedy_generation_config(GenerationConfig, tokenizer)
+    model.config.text_config._name_or_path = str(llm_dir)
+    return model, processor
+
+
+def grow_embeddings(llm, vocab_size: int) -> None:
+    """Resize input/output embeddings to `vocab_size`, new rows = mean of the old ones."""
+    old = llm.get_input_embeddings().weight
+    if vocab_size < old.shape[0]:
+        raise ValueError(f"tokenizer has {vocab_size} tokens but the LLM has {old.shape[0]} embeddings")
+    if vocab_size == old.shape[0]:
+        return
+    added = vocab_size - old.shape[0]
+    llm.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for weight in {llm.get_input_embeddings().weight, llm.get_output_embeddings().weight}:
+            weight[-added:] = weight[:-added].mean(dim=0, keepdim=True)
+
+
+def greedy_generation_config(generation_config_cls, tokenizer):
+    """Special ids only: LLaVA evaluates greedily, so no sampling defaults travel with the model
+    (vicuna's own generation_config.json samples at temperature 0.9)."""
+    return generation_config_cls(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+
+
+def save_llava(model, processor, out_dir: str | Path, metadata: dict | None = None) -> Path:
+    """Write the HF Llava directory (weights, config, generation config, processor with the chat
+    template) and genfeedback.json (how it was built: tower, LLM, stage, ...)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    meta = {"format": "hf_llava", "image_token": IMAGE_TOKEN,
+            "vision_feature_layer": model.config.vision_feature_layer,
+            "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
+            **(metadata or {})}
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def checkpoint_format(path: str | Path) -> str:
+    """'hf_llava' or 'original_llava', from config.json; an error names what was found."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a LLaVA checkpoint directory")
+    config = json.loads(config_file.read_text())
+    if "mm_vision_tower" in config and "text_config" not in config:
+        return "original_llava"
+    if config.get("model_type") == "llava" and "text_config" in config:
+        return "hf_llava"
+    raise ValueError(f"{config_file}: neither an HF Llava config (model_type 'llava' with text_config) nor an "
+                     f"original LLaVA config (with mm_vision_tower); model_type={config.get('model_type')!r}")
+
+
+def load_llava(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+               vision_tower: str | None = None):
+    """(model, processor) from an HF Llava dir or an original LLaVA-1.5 checkpoint dir.
+
+    Original checkpoints name their tower by an HF id in `mm_vision_tower`; `vision_tower`
+    overrides where it is loaded from (any `load_tower` spec, e.g. a local directory).
+    """
+    path = Path(path)
+    if checkpoint_format(path) == "original_llava":
+        from llava_plugin.convert_llava import load_original_llava
+
+        model, processor = load_original_llava(path, vision_tower=vision_tower, dtype=dtype)
+    else:
+        if vision_tower is not None:
+            raise ValueError(f"{path} is an HF Llava checkpoint with its tower inside; vision_tower= applies "
+                             f"only to original LLaVA checkpoints")
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(path)
+    return model.to(device).eval(), processor
+
+
+# ---- the projector alone (original LLaVA's mm_projector.bin) ------------------------------------
+def projector_state_original(model) -> dict[str, torch.Tensor]:
+    """The projector's weights under original LLaVA names (model.mm_projector.{0,2}.*)."""
+    state = model.model.multi_modal_projector.state_dict()
+    hf_to_original = {hf: original for original, hf in MM_PROJECTOR_KEYS.items()}
+    if set(state) != set(hf_to_original):
+        raise ValueError(f"projector has keys {sorted(state)}; expected {sorted(hf_to_original)} "
+                         f"(mlp2x_gelu with biases)")
+    return {hf_to_original[key]: tensor.detach().clone().cpu() for key, tensor in state.items()}
+
+
+def write_mm_projector(model, path: str | Path) -> Path:
+    """Write `mm_projector.bin` as LLaVA pretraining does, loadable by `--pretrain_mm_mlp_adapter`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(projector_state_original(model), path)
+    return path
+
+
+def read_mm_projector(path: str | Path) -> dict[str, torch.Tensor]:
+    """An mm_projector.bin as HF projector names (linear_1.*, linear_2.*); every key must be one
+    of the four of an mlp2x_gelu projector."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"projector file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if set(state) != set(MM_PROJECTOR_KEYS):
+        raise ValueError(f"{path}: keys {sorted(state)} are not an mlp2x_gelu mm_projector; expected exactly "
+                         f"{sorted(MM_PROJECTOR_KEYS)}")
+    return {MM_PROJECTOR_KEYS[key]: tensor for key, tensor in state.items()}
+
+
+def load_mm_projector(model, path: str | Path) -> None:
+    """Load a pretrained mm_projector.bin into `model`'s projector (shapes checked)."""
+    state = read_mm_projector(path)
+    projector = model.model.multi_modal_projector
+    own = projector.state_dict()
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise ValueError(f"{path}: {key} has shape {tuple(tensor.shape)} but this model's projector needs "
+                             f"{tuple(own[key].shape)}: was it pretrained with another tower or LLM?")
+    projector.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
