@@ -164,15 +164,12 @@ class FlowDenoiser(nn.Module):
 
 
 # ---- the frozen VAE ----------------------------------------------------------------------
-def load_vae(location: str | Path):
-    """An `AutoencoderKL` from a VAE directory or a pipeline directory with a `vae/` subfolder."""
-    from diffusers import AutoencoderKL
-
+def vae_dir(location: str | Path) -> Path:
+    """The AutoencoderKL directory of a VAE dir or of a pipeline dir with a `vae/` subfolder."""
     path = Path(location)
-    if (path / "vae" / "config.json").is_file():
-        return AutoencoderKL.from_pretrained(path, subfolder="vae")
-    if (path / "config.json").is_file():
-        return AutoencoderKL.from_pretrained(path)
+    for candidate in (path / "vae", path):
+        if (candidate / "config.json").is_file():
+            return candidate
     raise FileNotFoundError(f"no VAE at {path}: expected an AutoencoderKL directory (config.json + weights) "
                             "or a diffusers pipeline directory with a vae/ subfolder (e.g. SD-2.1)")
 

@@ -51,16 +51,21 @@ class VQTokenizer(nn.Module):
         super().__init__()
         self.vq = vq
 
+    @staticmethod
+    def directory(location: str | Path) -> Path:
+        """The VQModel directory: `location` itself or its `vqvae/` subfolder."""
+        path = Path(location)
+        for candidate in (path, path / "vqvae"):
+            if (candidate / "config.json").is_file():
+                return candidate
+        raise FileNotFoundError(f"no VQ model at {path}: expected a diffusers VQModel directory "
+                                "(config.json + weights) or a directory with a vqvae/ subfolder")
+
     @classmethod
     def load(cls, location: str | Path) -> "VQTokenizer":
         from diffusers import VQModel
 
-        path = Path(location)
-        for candidate in (path, path / "vqvae"):
-            if (candidate / "config.json").is_file():
-                return cls(VQModel.from_pretrained(candidate))
-        raise FileNotFoundError(f"no VQ model at {path}: expected a diffusers VQModel directory "
-                                "(config.json + weights) or a directory with a vqvae/ subfolder")
+        return cls(VQModel.from_pretrained(cls.directory(location)))
 
     @property
     def codebook_size(self) -> int:
@@ -84,9 +89,6 @@ class VQTokenizer(nn.Module):
         latents = self.vq.encode(pixels.to(dtype)).latents
         _, _, (_, _, ids) = self.vq.quantize(latents)
         return ids.reshape(pixels.shape[0], -1).long()
-
-    def save_pretrained(self, out_dir: str | Path) -> None:
-        self.vq.save_pretrained(out_dir)
 
 
 # ---- mask schedule -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -28,8 +29,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from enhance.generators.flow_dit import (FlowDenoiser, FlowDiTConfig, build_flow_dit, flow_interpolate, load_vae,
-                                         logit_normal_timesteps, pack_latents, randn, vae_scaled_latents)
+from enhance.generators.flow_dit import (FlowDenoiser, FlowDiTConfig, build_flow_dit, flow_interpolate,
+                                         logit_normal_timesteps, pack_latents, randn, vae_dir, vae_scaled_latents)
 from enhance.methods.base import Method, register_method
 from llava_plugin.towers import VisionTower
 
@@ -128,6 +129,7 @@ class GlobalConditionProjector(nn.Module):
         self.to_context = _mlp(embed_dim, hidden or context_dim, context_dim * num_context_tokens)
 
     def forward(self, global_token: torch.Tensor) -> dict[str, torch.Tensor]:
+        global_token = global_token.to(self.to_pooled[1].weight.dtype)
         context = self.to_context(global_token)
         return {"pooled": self.to_pooled(global_token),
                 "context": context.view(global_token.shape[0], self.num_context_tokens, -1)}
@@ -187,7 +189,8 @@ class GenHancerBase(Method):
         self.image_size = cfg.image_size or tower.sizes.image_size
         embed_dim = tower.sizes.embed_dim
         if cfg.stage == 1:
-            tokenizer = self.freeze("tokenizer", self.load_tokenizer(generator))
+            self.tokenizer_source = self.tokenizer_directory(generator)
+            tokenizer = self.freeze("tokenizer", self.load_tokenizer(self.tokenizer_source))
             self.denoiser = self.build_denoiser(tokenizer)
             self.projector = GlobalConditionProjector(
                 embed_dim, cfg.denoiser.pooled_dim, cfg.denoiser.context_dim, cfg.num_context_tokens,
@@ -196,7 +199,8 @@ class GenHancerBase(Method):
             self.tower.eval()
         else:
             source = self._stage1_dir(generator, embed_dim)
-            self.freeze("tokenizer", self.load_tokenizer(source / self.tokenizer_dir))
+            self.tokenizer_source = source / self.tokenizer_dir
+            self.freeze("tokenizer", self.load_tokenizer(self.tokenizer_source))
             self.freeze("denoiser", self.load_denoiser(source / DENOISER_DIR))
             projector = GlobalConditionProjector(**json.loads((source / GENERATOR_FILE).read_text())["projector"])
             _load_safetensors(projector, source / PROJECTOR_FILE)
@@ -205,7 +209,11 @@ class GenHancerBase(Method):
             self.tower.model = add_lora(self.tower.model, cfg.lora)
 
     # -- variant hooks ---------------------------------------------------------------------
-    def load_tokenizer(self, location: str | Path) -> nn.Module:
+    def tokenizer_directory(self, generator: str) -> Path:
+        """The frozen tokenizer's own directory inside the stage-1 `generator` spec."""
+        raise NotImplementedError
+
+    def load_tokenizer(self, directory: Path) -> nn.Module:
         raise NotImplementedError
 
     def build_denoiser(self, tokenizer: nn.Module) -> nn.Module:
@@ -247,13 +255,14 @@ class GenHancerBase(Method):
             return
         out = Path(out_dir) / GENERATOR_DIR
         out.mkdir(parents=True, exist_ok=True)
-        self.frozen["tokenizer"].save_pretrained(out / self.tokenizer_dir)
+        # copied from disk: the in-memory copy may have been cast to the run's precision
+        shutil.copytree(self.tokenizer_source, out / self.tokenizer_dir, dirs_exist_ok=True)
         self.denoiser.save_pretrained(out / DENOISER_DIR)
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in self.projector.state_dict().items()},
                   str(out / PROJECTOR_FILE))
-        meta = {"method": self.name, "base_tower": self.tower.spec, "tokenizer_source": self.generator_spec,
+        meta = {"method": self.name, "base_tower": self.tower.spec, "tokenizer_source": str(self.tokenizer_source),
                 "image_size": self.image_size, "projector": self.projector.dims,
                 "architecture": self.cfg.architecture()}
         (out / GENERATOR_FILE).write_text(json.dumps(meta, indent=2))
@@ -318,8 +327,13 @@ class GenHancer(GenHancerBase):
     config_cls = GenHancerConfig
     tokenizer_dir = "vae"
 
-    def load_tokenizer(self, location):
-        return load_vae(location)
+    def tokenizer_directory(self, generator):
+        return vae_dir(generator)
+
+    def load_tokenizer(self, directory):
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(directory)
 
     def build_denoiser(self, vae):
         return FlowDenoiser(build_flow_dit(self.cfg.denoiser, vae.config.latent_channels), self.cfg.denoiser.guidance)

@@ -39,8 +39,11 @@ class GenHancerDiscrete(GenHancerBase):
     config_cls = GenHancerDiscreteConfig
     tokenizer_dir = "vqvae"
 
-    def load_tokenizer(self, location):
-        return VQTokenizer.load(location)
+    def tokenizer_directory(self, generator):
+        return VQTokenizer.directory(generator)
+
+    def load_tokenizer(self, directory):
+        return VQTokenizer.load(directory)
 
     def build_denoiser(self, tokenizer: VQTokenizer):
         h, w = tokenizer.grid(self.image_size)
