@@ -4,7 +4,7 @@
     zeroshot   zero-shot classification over a class-per-folder dataset    --vision-tower SPEC --data DIR
     mmvp       MMVP with a LLaVA checkpoint                                 --model DIR --data DIR
     cv-bench   CV-Bench with a LLaVA checkpoint                             --model DIR --data DIR
-    vqa        general VQA through lmms-eval (eval.lmms)                    --model DIR --tasks T1,T2
+    vqa        general VQA through lmms-eval (eval.lmms)                    --model DIR --tasks T1,T2 --data-root DIR
     rescore    recompute metrics.json from predictions.jsonl                RESULTS_DIR
     compare    markdown table + grouped bar chart over runs                 RUN_DIR ... --output DIR
 
@@ -45,7 +45,7 @@ def _add_generation(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vqa", help="general VQA benchmarks through lmms-eval (implemented in eval.lmms)")
     p.add_argument("--model", required=True, help="HF Llava dir or original LLaVA-1.5 dir")
     p.add_argument("--tasks", required=True, help="comma-separated lmms-eval task names")
+    p.add_argument(
+        "--data-root",
+        required=True,
+        type=Path,
+        help="root of the local dataset copies in hub layout (see eval.lmms)",
+    )
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="first N samples per task (debugging only)")

@@ -286,6 +286,14 @@ def test_cv_bench_loads_the_toy_copy(data_zoo, tmp_path):
     assert len(rows) == 48 and cv_bench.row_image(rows[0]).mode == "RGB"
     with pytest.raises(common.DatasetLayoutError, match="test_2d.parquet"):
         cv_bench.load(tmp_path)
+    # the jsonl + img/ variant reads the same rows and pixels
+    jsonl_only = tmp_path / "jsonl"
+    shutil.copytree(data_zoo.data["cv_bench"], jsonl_only, ignore=shutil.ignore_patterns("*.parquet"))
+    from_jsonl = cv_bench.load(jsonl_only)
+    assert [r["idx"] for r in from_jsonl] == [r["idx"] for r in rows]
+    assert cv_bench.row_image(from_jsonl[5]).tobytes() == cv_bench.row_image(rows[5]).tobytes()
+    (jsonl_only / from_jsonl[0]["filename"]).unlink()
+    assert cv_bench.row_image(from_jsonl[0]) is None
 
 
 # ---------------------------------------------------------------- zero-shot and shared pieces

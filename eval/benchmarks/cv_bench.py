@@ -2,8 +2,9 @@
 3D Depth/Distance on Omni3D), answers like "(C)".
 
 Data: a local copy of nyu-visionx/CV-Bench: `test_2d.parquet` + `test_3d.parquet` (the current
-layout), or the older single `test.parquet`; each row has idx, type, task, image (HF Image struct
-of bytes/path), question, choices, answer, prompt, source. The model sees each row's `prompt`
+layout), or the older single `test.parquet`, or the repository's `test_2d.jsonl` + `test_3d.jsonl`
+with the images under `img/`; each row has idx, type, task, image (HF Image struct of
+bytes/path), question, choices, answer, prompt, source. The model sees each row's `prompt`
 followed by "\n" + `PROMPT_SUFFIX` (LLaVA's letter instruction, which Cambrian-1's CV-Bench script
 appends); `--prompt-suffix ""` sends the prompt alone.
 
@@ -23,15 +24,17 @@ reports), which differs from the official one whenever sources are unbalanced.
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
 from PIL import Image
 
-from eval.benchmarks.common import DatasetLayoutError, mean, percent, problem_lists, require_dir
+from eval.benchmarks.common import DatasetLayoutError, mean, open_rgb, percent, problem_lists, require_dir
 
 NAME = "cv_bench"
 PARQUET_LAYOUTS = (("test_2d.parquet", "test_3d.parquet"), ("test.parquet",))
+JSONL_LAYOUT = ("test_2d.jsonl", "test_3d.jsonl")
 REQUIRED_COLUMNS = ("idx", "type", "task", "image", "question", "choices", "answer", "prompt", "source")
 SOURCES_2D = ("ADE20K", "COCO")
 SOURCE_3D = "Omni3D"
@@ -45,45 +48,57 @@ def build_prompt(row: dict, suffix: str = PROMPT_SUFFIX) -> str:
 
 
 def load(data_dir: Path | str) -> list[dict]:
-    """Rows as dicts, `image` decoded lazily by `row_image`. Raises naming the expected files."""
+    """Rows as dicts; `image` is the HF struct {bytes, path}, decoded by `row_image`. The parquet
+    files are preferred; without them `test_2d.jsonl` + `test_3d.jsonl` with images under `img/`
+    (their `filename`) are read. Raises naming the expected files."""
     import pyarrow.parquet as pq
 
     root = require_dir(NAME, Path(data_dir), "a local copy of nyu-visionx/CV-Bench")
     for layout in PARQUET_LAYOUTS:
         if all((root / name).is_file() for name in layout):
-            files = [root / name for name in layout]
-            break
-    else:
-        expected = " or ".join(" + ".join(layout) for layout in PARQUET_LAYOUTS)
-        raise DatasetLayoutError(
-            NAME,
-            expected,
-            root,
-            "download the dataset with `huggingface-cli download nyu-visionx/CV-Bench "
-            "--repo-type dataset --local-dir DIR`",
-        )
-    rows = []
-    for path in files:
-        table = pq.read_table(path)
-        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-        if missing:
-            raise DatasetLayoutError(NAME, f"columns {list(REQUIRED_COLUMNS)}", path, f"missing {missing}")
-        rows.extend(table.to_pylist())
-    return rows
+            rows = []
+            for name in layout:
+                table = pq.read_table(root / name)
+                _check_columns(table.column_names, root / name)
+                rows.extend(table.to_pylist())
+            return rows
+    if all((root / name).is_file() for name in JSONL_LAYOUT):
+        rows = []
+        for name in JSONL_LAYOUT:
+            for line in (root / name).read_text().splitlines():
+                row = json.loads(line)
+                row["image"] = {"bytes": None, "path": str(root / row["filename"])}
+                _check_columns(row, root / name)
+                rows.append(row)
+        return rows
+    expected = " or ".join(" + ".join(layout) for layout in (*PARQUET_LAYOUTS, JSONL_LAYOUT))
+    raise DatasetLayoutError(
+        NAME,
+        expected,
+        root,
+        "download the dataset with `huggingface-cli download nyu-visionx/CV-Bench "
+        "--repo-type dataset --local-dir DIR`",
+    )
+
+
+def _check_columns(columns, path: Path) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DatasetLayoutError(NAME, f"columns {list(REQUIRED_COLUMNS)}", path, f"missing {missing}")
 
 
 def row_image(row: dict) -> Image.Image | None:
-    """Decode the HF Image struct ({bytes, path}); None if it cannot be read."""
+    """Decode the HF Image struct ({bytes, path}; a path is read when there are no bytes);
+    None if it cannot be read."""
     image = row.get("image") or {}
-    try:
-        data = image.get("bytes")
-        if data:
-            with Image.open(io.BytesIO(data)) as im:
+    if image.get("bytes"):
+        try:
+            with Image.open(io.BytesIO(image["bytes"])) as im:
                 im.load()
                 return im.convert("RGB")
-    except (OSError, SyntaxError):
-        return None
-    return None
+        except (OSError, SyntaxError):
+            return None
+    return open_rgb(image["path"]) if image.get("path") else None
 
 
 # ---------------------------------------------------------------- parsers
