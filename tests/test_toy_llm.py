@@ -14,7 +14,7 @@ def llm_dir(tmp_path_factory):
     zoo = Zoo(root=tmp_path_factory.mktemp("llm_zoo"))
     start = time.perf_counter()
     write_llm(zoo, seed=0)
-    assert time.perf_counter() - start < 15
+    assert time.perf_counter() - start < 30  # ~4 s on an idle core; the margin absorbs a busy CI machine
     return zoo.llm
 
 
