@@ -1,0 +1,207 @@
+"""eval.lmms: our LLaVA checkpoints inside lmms-eval 0.7.3, on local task configs.
+
+Fast tests check the pieces (entry-point registration, continuation scoring against an
+independent forward pass, task rendering for every listed task, the tiny tasks' pure
+functions); the end-to-end tests run lmms-eval's CLI as `python -m eval vqa` does."""
+
+import argparse
+import io
+import json
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from eval import lmms, mllm
+
+
+def _images(parquet):
+    return [Image.open(io.BytesIO(row["bytes"])).convert("RGB") for row in pd.read_parquet(parquet)["image"]]
+
+
+def _rows(parquet):
+    return pd.read_parquet(parquet).drop(columns="image").to_dict("records")
+
+
+def _predictions(out):
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def llava(zoo):
+    return mllm.load_mllm(str(zoo.llava))
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """lmms-eval converts the parquet files into the HF datasets cache: keep it per test."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+
+
+# ---------------------------------------------------------------- pieces
+def test_entry_point_registers_the_model_class():
+    import lmms_eval.models
+
+    assert lmms_eval.models.get_model(lmms.MODEL_NAME) is lmms.GenfeedbackLlava
+
+
+def _reference_nll(model, processor, image, context, continuation):
+    """Unbatched, unpadded: the NLL of the continuation's tokens after the full prompt."""
+    prompt = mllm.format_prompt(context)
+    image = mllm.expand_to_square(image, mllm.mean_color(processor))
+    full = processor(images=[image], text=[prompt + continuation], return_tensors="pt")
+    n_prompt = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"].shape[1]
+    with torch.no_grad():
+        logits = model(**full).logits[0]
+    ids = full["input_ids"][0]
+    logprobs = torch.log_softmax(logits.float(), -1)
+    return -sum(float(logprobs[t - 1, ids[t]]) for t in range(n_prompt, len(ids)))
+
+
+def test_continuation_scores_match_an_unbatched_forward_and_use_the_image(llava, zoo):
+    model, processor = llava
+    images = _images(zoo.data["vqa_mc"])[:3]
+    contexts = ["Is it round?\nA. No\nB. Yes", "Which way?", "Colour of the big shape?"]
+    continuations = [" A", " B is the answer", " red"]
+    scores = lmms.score_continuations(model, processor, images, contexts, continuations, batch_size=3)
+    for (nll, greedy), image, context, continuation in zip(scores, images, contexts, continuations):
+        assert isinstance(greedy, bool)
+        assert nll == pytest.approx(_reference_nll(model, processor, image, context, continuation), abs=1e-3)
+    swapped = lmms.score_continuations(model, processor, images[::-1], contexts, continuations, batch_size=3)
+    assert swapped[0][0] != pytest.approx(scores[0][0], abs=1e-6), "the image must change the score"
+
+
+def test_continuation_must_tokenize_as_a_suffix(llava):
+    tokenizer = llava[1].tokenizer
+    assert lmms.continuation_length(tokenizer, "USER: hi ASSISTANT:", "USER: hi ASSISTANT: A") == 1
+    with pytest.raises(ValueError, match="does not tokenize as a suffix"):
+        lmms.continuation_length(tokenizer, "USER: hi ASSISTANT:", "USER: hi ASSISTANT:")
+
+
+def test_greedy_settings_refuse_sampling_and_cut_at_stop_strings():
+    assert lmms.greedy_settings("t", {"max_new_tokens": 16, "temperature": 0, "top_p": 1.0, "num_beams": 1,
+                                      "do_sample": False, "until": "ASSISTANT:"}) == (["ASSISTANT:"], 16)
+    with pytest.raises(ValueError, match="only greedy"):
+        lmms.greedy_settings("t", {"temperature": 0.7, "do_sample": True})
+    with pytest.raises(ValueError, match="does not implement"):
+        lmms.greedy_settings("t", {"repetition_penalty": 1.2})
+    assert lmms.cut_at("Yes ASSISTANT: no", ["ASSISTANT:"]) == "Yes "
+
+
+def test_every_listed_task_renders_to_a_config_lmms_eval_loads(tmp_path):
+    """Each tasks.yaml entry, on empty files in its hub layout, renders to a YAML that
+    lmms-eval's loader resolves: includes found, functions imported, data local and absolute."""
+    from lmms_eval.utils import load_yaml_config
+
+    specs = lmms.task_specs()
+    data = tmp_path / "data"
+    for spec in specs.values():
+        for pattern in [*spec["data_files"].values(), *([spec["images"]] if "images" in spec else [])]:
+            path = data / pattern.replace("*", "00000-of-00001")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    names, env = lmms.render_tasks(list(specs), data, tmp_path / "tasks")
+    assert env == {lmms.GQA_IMAGES_ENV: str(data / specs["gqa"]["images"])}
+    for name, local in names.items():
+        config = load_yaml_config(str(tmp_path / "tasks" / f"{local}.yaml"))
+        assert config["task"] == local == f"{name}_local"
+        assert config["dataset_path"] == "parquet" and "token" not in config["dataset_kwargs"]
+        for split, files in config["dataset_kwargs"]["data_files"].items():
+            assert split in (config.get("test_split"), config.get("validation_split"))
+            assert files and all(f.startswith(str(data)) for f in files)
+        assert callable(config["doc_to_visual"]) and callable(config["doc_to_text"])
+        assert set(specs[name]["headline"]) <= {m["metric"] for m in config["metric_list"]}
+    gqa = load_yaml_config(str(tmp_path / "tasks" / "gqa_local.yaml"))
+    assert gqa["process_docs"].__name__ == "attach_local_images"
+
+
+def test_rendering_names_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="known: .*pope"):
+        lmms.render_tasks(["popee"], tmp_path, tmp_path / "tasks")
+    with pytest.raises(FileNotFoundError, match="POPE/data/test-"):
+        lmms.render_tasks(["pope"], tmp_path, tmp_path / "tasks")
+
+
+def test_shapes_task_functions():
+    from lmms_eval.utils import load_yaml_config
+
+    utils = load_yaml_config(str(lmms.TASKS_DIR / "shapes" / "shapes_mc.yaml"))
+    doc = {"question_id": "q", "question": "Which way?", "options": ["Up", "Down"], "answer": "B"}
+    kwargs = {"post_prompt": "\nAnswer with the option's letter from the given choices directly."}
+    assert utils["doc_to_text"](doc, kwargs) == ("Which way?\nA. Up\nB. Down\n"
+                                                  "Answer with the option's letter from the given choices directly.")
+    assert utils["doc_to_choice"](doc) == ["A", "B"] and utils["doc_to_target"](doc) == 1
+    with pytest.raises(ValueError, match="q: answer 'C'"):
+        utils["doc_to_target"]({**doc, "answer": "C"})
+    score = load_yaml_config(str(lmms.TASKS_DIR / "shapes" / "shapes_vqa.yaml"))["process_results"]
+    doc = {"question_id": "g", "answers": ["Two", "2"]}
+    assert score(doc, ["two."]) == {"exact_match": 1.0}
+    assert score(doc, [" 2 "]) == {"exact_match": 1.0}
+    assert score(doc, ["twenty"]) == {"exact_match": 0.0}
+
+
+# ---------------------------------------------------------------- end to end
+def test_vqa_generate_and_multiple_choice_through_lmms_eval(zoo, llava, tmp_path, datasets_cache):
+    out = tmp_path / "run"
+    metrics = lmms.evaluate(zoo.llava, ["shapes_vqa", "shapes_mc"], zoo.data["vqa"].parent, out, batch_size=4)
+    model, processor = llava
+
+    # generation: the answers are LLaVA-1.5 greedy answers to the task prompt and the image
+    gen = _predictions(out / "shapes_vqa")
+    rows, images = _rows(zoo.data["vqa_gen"]), _images(zoo.data["vqa_gen"])
+    assert [p["id"] for p in gen] == list(range(24))
+    direct = mllm.generate(model, processor, images, [mllm.format_prompt(p["prompt"]) for p in gen],
+                           batch_size=4, max_new_tokens=8)
+    assert [p["raw_answer"] for p in gen] == direct
+    for p, row in zip(gen, rows):
+        assert p["prompt"] == row["question"] + "\nAnswer the question using a single word or phrase."
+        assert p["gold"] == row["answer"]
+    vqa = metrics["shapes_vqa"]
+    assert vqa["headline"]["exact_match"] == pytest.approx(100 * vqa["lmms_eval"]["exact_match"])
+    assert vqa["accuracy_from_predictions"] == pytest.approx(vqa["headline"]["exact_match"])
+
+    # multiple choice: per-option NLLs with the image; lowest NLL is the answer; acc recomputed
+    mc = _predictions(out / "shapes_mc")
+    rows, images = _rows(zoo.data["vqa_mc"]), _images(zoo.data["vqa_mc"])
+    assert len(mc) == 24
+    for p, row, image in zip(mc[:4], rows, images):
+        expected = [_reference_nll(model, processor, image, p["prompt"], f" {letter}") for letter in "AB"]
+        assert [nll for nll, _ in p["raw_answer"]] == pytest.approx(expected, abs=1e-3)
+    for p, row in zip(mc, rows):
+        assert p["gold"] == "AB".index(row["answer"])
+        assert p["parsed"] == min((0, 1), key=lambda i: p["raw_answer"][i][0])
+        assert p["correct"] == (p["parsed"] == p["gold"])
+    acc = 100.0 * sum(p["parsed"] == p["gold"] for p in mc) / len(mc)
+    assert metrics["shapes_mc"]["headline"]["acc"] == pytest.approx(acc)
+    assert json.loads((out / "shapes_mc" / "metrics.json").read_text())["headline"]["acc"] == pytest.approx(acc)
+
+    from eval.report import load_run
+
+    assert load_run(out) == pytest.approx({"vqa_shapes_mc/acc": acc,
+                                           "vqa_shapes_vqa/exact_match": vqa["headline"]["exact_match"]})
+
+
+def test_vqa_command_fails_loudly_when_lmms_eval_fails(zoo, tmp_path, datasets_cache, capsys):
+    """lmms-eval exits 0 after a traceback; `python -m eval vqa` must not."""
+    args = argparse.Namespace(model=str(tmp_path / "no_such_model"), tasks="shapes_vqa",
+                              data_root=zoo.data["vqa"].parent, output=tmp_path / "run", batch_size=1,
+                              limit=2, device="cpu")
+    assert lmms.run_vqa(args) == 1
+    error = capsys.readouterr().err
+    assert "lmms-eval failed (exit code 0" in error and str(tmp_path / "run" / "lmms_eval.log") in error
+    assert not (tmp_path / "run" / "shapes_vqa" / "metrics.json").exists()
+
+
+def test_our_checkpoint_runs_in_lmms_evals_stock_llava_hf(zoo, llava, tmp_path, datasets_cache):
+    """The HF Llava dir is a standard one: lmms-eval's own llava_hf (chat mode, its processor's
+    chat template) loads it and answers exactly as our greedy decoding does without padding."""
+    out = tmp_path / "run"
+    metrics = lmms.evaluate(zoo.llava, ["shapes_vqa"], zoo.data["vqa"].parent, out, lmms_model="llava_hf",
+                            model_args={"device_map": "cpu", "dtype": "float32"}, limit=3)
+    predictions = _predictions(out / "shapes_vqa")
+    assert metrics["shapes_vqa"]["samples"] == len(predictions) == 3
+    images = _images(zoo.data["vqa_gen"])[:3]
+    direct = mllm.generate(*llava, images, [mllm.format_prompt(p["prompt"]) for p in predictions],
+                           batch_size=1, max_new_tokens=8, pad_to_square=False)
+    assert [p["raw_answer"] for p in predictions] == direct
