@@ -30,6 +30,12 @@ def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
     )
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="weights and activations dtype (bfloat16/float16 for large models on GPU)",
+    )
 
 
 def _add_generation(p: argparse.ArgumentParser) -> None:
@@ -151,11 +157,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "mmvp-vlm":
         from eval.benchmarks import mmvp_vlm
 
-        _finish(args.output, *mmvp_vlm.run(args.vision_tower, args.data, args.batch_size, args.device))
+        _finish(
+            args.output, *mmvp_vlm.run(args.vision_tower, args.data, args.batch_size, args.device, args.dtype)
+        )
     elif args.command == "zeroshot":
         from eval.benchmarks import zeroshot
 
-        _finish(args.output, *zeroshot.run(args.vision_tower, args.data, args.batch_size, args.device))
+        _finish(
+            args.output, *zeroshot.run(args.vision_tower, args.data, args.batch_size, args.device, args.dtype)
+        )
     elif args.command == "mmvp":
         from eval.benchmarks import mmvp
 
@@ -169,6 +179,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens,
                 device=args.device,
+                dtype=args.dtype,
                 vision_tower=args.vision_tower,
             ),
         )
@@ -185,6 +196,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 max_new_tokens=args.max_new_tokens,
                 device=args.device,
+                dtype=args.dtype,
                 vision_tower=args.vision_tower,
                 prompt_suffix=suffix,
             ),

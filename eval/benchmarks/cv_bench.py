@@ -28,6 +28,7 @@ import json
 import re
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from eval.benchmarks.common import DatasetLayoutError, mean, open_rgb, percent, problem_lists, require_dir
@@ -222,6 +223,7 @@ def run(
     batch_size: int = 8,
     max_new_tokens: int = 64,
     device: str = "cpu",
+    dtype: str = "float32",
     vision_tower: str | None = None,
     prompt_suffix: str = PROMPT_SUFFIX,
 ) -> tuple[list[dict], dict]:
@@ -230,7 +232,9 @@ def run(
     if parser not in PARSERS:
         raise ValueError(f"unknown CV-Bench parser {parser!r}; known parsers: {PARSERS}")
     rows = load(data_dir)
-    model, processor = mllm.load_mllm(model_path, device=device, vision_tower=vision_tower)
+    model, processor = mllm.load_mllm(
+        model_path, device=device, dtype=getattr(torch, dtype), vision_tower=vision_tower
+    )
     images = [row_image(r) for r in rows]
     prompts = [mllm.format_prompt(build_prompt(r, prompt_suffix)) for r in rows]
     answers = mllm.generate(
@@ -253,6 +257,7 @@ def run(
         "parser": parser,
         "prompt_suffix": prompt_suffix,
         "max_new_tokens": max_new_tokens,
+        "dtype": dtype,
         "decoding": "greedy",
     }
     return predictions, score(predictions, config)

@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from eval.benchmarks.common import (
     DatasetLayoutError,
     open_rgb,
@@ -238,6 +240,7 @@ def run(
     batch_size: int = 8,
     max_new_tokens: int = 64,
     device: str = "cpu",
+    dtype: str = "float32",
     vision_tower: str | None = None,
 ) -> tuple[list[dict], dict]:
     from eval import mllm
@@ -245,7 +248,9 @@ def run(
     if prompt_style not in PROMPT_STYLES:
         raise ValueError(f"unknown MMVP prompt style {prompt_style!r}; known styles: {PROMPT_STYLES}")
     questions = load(data_dir, fix_label_swap=fix_label_swap)
-    model, processor = mllm.load_mllm(model_path, device=device, vision_tower=vision_tower)
+    model, processor = mllm.load_mllm(
+        model_path, device=device, dtype=getattr(torch, dtype), vision_tower=vision_tower
+    )
     images = [open_rgb(q.image) for q in questions]
     prompts = [mllm.format_prompt(build_prompt(q, prompt_style)) for q in questions]
     answers = mllm.generate(
@@ -263,6 +268,7 @@ def run(
         "fix_label_swap": fix_label_swap,
         "parser": PARSER,
         "max_new_tokens": max_new_tokens,
+        "dtype": dtype,
         "decoding": "greedy",
     }
     return predictions, score(predictions, config)

@@ -181,7 +181,7 @@ def score(predictions: list[dict], config: dict) -> dict:
 @torch.no_grad()
 def predict(tower, statements: list[Statement], batch_size: int = 32) -> list[dict]:
     """Embed every image and statement once, then apply the official per-pair softmax."""
-    text_encoder = tower.load_text_encoder()
+    text_encoder = tower.load_text_encoder().to(device=tower.device, dtype=tower.dtype)
     images = [open_rgb(s.image) for s in statements]
     image_embeds: list[torch.Tensor | None] = [None] * len(statements)
     present = [i for i, im in enumerate(images) if im is not None]
@@ -209,15 +209,16 @@ def predict(tower, statements: list[Statement], batch_size: int = 32) -> list[di
 
 
 def run(
-    tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu"
+    tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
 ) -> tuple[list[dict], dict]:
     from llava_plugin.registry import load_tower
 
     statements = load(data_dir)
-    tower = load_tower(tower_spec, device=device)
+    tower = load_tower(tower_spec, device=device, dtype=getattr(torch, dtype))
     predictions = predict(tower, statements, batch_size)
     config = {
         "tower": tower_spec,
+        "dtype": dtype,
         "data": str(Path(data_dir).resolve()),
         "text_prefix": TEXT_PREFIX,
         "rule": "official: per-statement softmax over the pair's 2 images, img1 iff p>0.5; "

@@ -73,7 +73,7 @@ def score(predictions: list[dict], config: dict) -> dict:
 def predict(
     tower, classes: list[str], samples: list[tuple[str, Path]], root: Path, batch_size: int = 32
 ) -> list[dict]:
-    text = tower.load_text_encoder()
+    text = tower.load_text_encoder().to(device=tower.device, dtype=tower.dtype)
     class_embeds = torch.nn.functional.normalize(
         text.encode([class_prompt(c) for c in classes]).float(), dim=-1
     )
@@ -95,15 +95,16 @@ def predict(
 
 
 def run(
-    tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu"
+    tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
 ) -> tuple[list[dict], dict]:
     from llava_plugin.registry import load_tower
 
     classes, samples = load(data_dir)
-    tower = load_tower(tower_spec, device=device)
+    tower = load_tower(tower_spec, device=device, dtype=getattr(torch, dtype))
     predictions = predict(tower, classes, samples, Path(data_dir), batch_size)
     config = {
         "tower": tower_spec,
+        "dtype": dtype,
         "data": str(Path(data_dir).resolve()),
         "template": TEMPLATE,
         "classes": classes,
