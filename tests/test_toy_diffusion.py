@@ -1,4 +1,5 @@
 """The zoo's tiny generators: hub layouts that the real diffusers pipelines load and run."""
+
 import hashlib
 import json
 import time
@@ -41,9 +42,12 @@ def test_sd21_layout_and_one_step(gen_zoo):
     assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim
     assert pipe.tokenizer.pad_token == "!" and pipe.tokenizer.model_max_length == 77  # SD-2's padding
     assert pipe.vae.config.scaling_factor == pytest.approx(0.18215)
-    assert isinstance(UNet2DConditionModel.from_pretrained(gen_zoo.sd21, subfolder="unet"), UNet2DConditionModel)
-    out = pipe("a red circle", num_inference_steps=1, output_type="np",
-               generator=torch.Generator().manual_seed(0)).images
+    assert isinstance(
+        UNet2DConditionModel.from_pretrained(gen_zoo.sd21, subfolder="unet"), UNet2DConditionModel
+    )
+    out = pipe(
+        "a red circle", num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     assert out.shape == (1, side, side, 3) and np.isfinite(out).all()
 
@@ -66,8 +70,13 @@ def test_unclip_image_encoder_is_the_tiny_clip_tower(gen_zoo):
         expected = tower.forward(pixels).image_embeds
         got = pipe.image_encoder(pixel_values=pixels).image_embeds
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    out = pipe(image=_image(), prompt="", num_inference_steps=1, output_type="np",
-               generator=torch.Generator().manual_seed(0)).images
+    out = pipe(
+        image=_image(),
+        prompt="",
+        num_inference_steps=1,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert out.shape[0] == 1 and np.isfinite(out).all()
 
 

@@ -8,6 +8,7 @@ layout (image embedding + noise-level embedding -> UNet `class_labels`) are the 
 The unCLIP image encoder is the tiny CLIP tower's own vision weights, so that tower can
 stand in for it exactly as the 1024-wide OpenCLIP-H tower does for the real pipeline.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,40 +24,76 @@ LATENT_CHANNELS = 4
 VAE_SCALING_FACTOR = 0.18215
 TEXT_WIDTH = 32  # SD-2.1's text encoder (OpenCLIP-H text) is 1024 wide; the UNet's cross-attention dim
 TINY_UNET = dict(
-    sample_size=8, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
-    block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_WIDTH,
-    attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8,
+    sample_size=8,
+    in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=TEXT_WIDTH,
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    norm_num_groups=8,
 )
 # two blocks -> downsampling factor 2: 8x8 latents <-> 16 px images
 TINY_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, layers_per_block=1,
-    block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-    up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=LATENT_CHANNELS,
+    layers_per_block=1,
+    block_out_channels=(16, 32),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    norm_num_groups=8,
+    sample_size=16,
     scaling_factor=VAE_SCALING_FACTOR,
 )
 # SD-2.1-base's scheduler_config.json (PNDM for sampling; training scripts read it as DDPM)
 SD21_BASE_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, prediction_type="epsilon",
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    prediction_type="epsilon",
 )
 # stable-diffusion-2-1-unclip: DDIM with v-prediction; image embeddings noised on a cosine DDPM schedule
 UNCLIP_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="v_prediction",
 )
-UNCLIP_NOISING_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                                prediction_type="epsilon", clip_sample=True)
+UNCLIP_NOISING_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=True
+)
 TINY_VQ = dict(
-    in_channels=3, out_channels=3, latent_channels=4, vq_embed_dim=4, num_vq_embeddings=64,
-    layers_per_block=1, block_out_channels=(16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=8, sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    vq_embed_dim=4,
+    num_vq_embeddings=64,
+    layers_per_block=1,
+    block_out_channels=(16, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    norm_num_groups=8,
+    sample_size=32,
 )
 
 
 def write_generators(zoo, seed: int) -> None:
     if zoo.clip is None:
-        raise ValueError("toy part 'diffusion' needs part 'vision' first (the unCLIP image encoder is zoo.clip)")
+        raise ValueError(
+            "toy part 'diffusion' needs part 'vision' first (the unCLIP image encoder is zoo.clip)"
+        )
     models = zoo.root / "models"
     zoo.sd21 = write_tiny_sd21(models / "stable-diffusion-2-1-base-tiny", seed)
     zoo.unclip = write_tiny_unclip(models / "stable-diffusion-2-1-unclip-tiny", zoo.clip, seed + 1)
@@ -76,9 +113,16 @@ def _text_encoder(tokenizer, seed: int):
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu", projection_dim=TEXT_WIDTH,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=TEXT_WIDTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return CLIPTextModel(config)
@@ -101,10 +145,15 @@ def write_tiny_sd21(out: Path, seed: int) -> Path:
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**TINY_UNET)
     pipe = StableDiffusionPipeline(
-        vae=_vae(seed + 2), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler(**SD21_BASE_SCHEDULER), safety_checker=None,
-        feature_extractor=CLIPImageProcessor(crop_size={"height": 224, "width": 224},
-                                             size={"shortest_edge": 224}),
+        vae=_vae(seed + 2),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler(**SD21_BASE_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=CLIPImageProcessor(
+            crop_size={"height": 224, "width": 224}, size={"shortest_edge": 224}
+        ),
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out)
@@ -136,13 +185,19 @@ def write_tiny_unclip(out: Path, clip_dir: Path, seed: int) -> Path:
     text_encoder = _text_encoder(tokenizer, seed + 1)
     torch.manual_seed(seed + 2)
     # the class embedding reads [image embedding, noise-level embedding], each embed_dim wide
-    unet = UNet2DConditionModel(**TINY_UNET, class_embed_type="projection",
-                                projection_class_embeddings_input_dim=2 * embed_dim)
+    unet = UNet2DConditionModel(
+        **TINY_UNET, class_embed_type="projection", projection_class_embeddings_input_dim=2 * embed_dim
+    )
     pipe = StableUnCLIPImg2ImgPipeline(
-        feature_extractor=CLIPImageProcessor.from_pretrained(clip_dir), image_encoder=image_encoder,
-        image_normalizer=normalizer, image_noising_scheduler=DDPMScheduler(**UNCLIP_NOISING_SCHEDULER),
-        tokenizer=tokenizer, text_encoder=text_encoder, unet=unet,
-        scheduler=DDIMScheduler(**UNCLIP_SCHEDULER), vae=_vae(seed + 3),
+        feature_extractor=CLIPImageProcessor.from_pretrained(clip_dir),
+        image_encoder=image_encoder,
+        image_normalizer=normalizer,
+        image_noising_scheduler=DDPMScheduler(**UNCLIP_NOISING_SCHEDULER),
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        scheduler=DDIMScheduler(**UNCLIP_SCHEDULER),
+        vae=_vae(seed + 3),
     )
     pipe.save_pretrained(out)
     return out

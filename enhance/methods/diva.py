@@ -1,0 +1,177 @@
+"""DIVA (Wang et al. 2024, baaivision/DIVA): a frozen Stable Diffusion 2.1-base denoises the
+image conditioned on the tower's own tokens, and the denoising loss trains the tower.
+
+The condition, as upstream builds it for OpenAI CLIP: the last layer's CLS token and K
+patch tokens chosen at random (with replacement, per image), each through the tower's
+post-LayerNorm and visual projection, then a trainable Linear to the UNet's
+cross-attention width, added position-wise to the text embedding of the fixed prompt
+"a photo of a ." (upstream's empty class name in its "a photo of a {}." template).
+Upstream draws a fresh token choice, timestep and noise for each of its 2 passes per
+batch; here those are the `num_noise_draws` of one step, from the step's rng.
+
+Upstream encodes the posterior mean of the VAE (no sampling) and the loss is epsilon-MSE
+at t ~ U{0..999}; the target here follows the scheduler's prediction type, which for
+SD-2.1-base is epsilon. Unlike upstream, the VAE sees [-1, 1] pixels, not CLIP-normalised ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from torch import nn
+
+from enhance.generators.sd import GeneratorError, LatentDiffusion, per_sample_mse, randint, randn, vae_pixels
+from enhance.methods.base import Method, register_method
+from llava_plugin.config import ConfigError
+from llava_plugin.towers import VisionTower
+
+COMBINE_MODES = ("add_per_position", "add_to_prompt_mean")
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class DivaConfig:
+    num_noise_draws: int = _help(
+        "Denoising draws per image per step, each with its own token choice, t and noise; their losses are "
+        "averaged (DIVA: 2 passes, whose gradients upstream sums: with SGD, lr x2 matches it).", 2)
+    num_patch_tokens: int = _help(
+        "K patch tokens drawn at random (with replacement) next to the CLS token (DIVA: 76, so that CLS + 76 "
+        "= the prompt's 77 text tokens).", 76)
+    combine: Literal["add_per_position", "add_to_prompt_mean"] = _help(
+        "add_per_position: condition token i is added to prompt-embedding token i (DIVA for CLIP; needs "
+        "1 + num_patch_tokens = prompt length). add_to_prompt_mean: the prompt embedding's mean over tokens "
+        "is added to every condition token (DIVA for SigLIP).", "add_per_position")
+    prompt: str = _help("Fixed prompt whose text embedding the condition is added to (DIVA: "
+                        "'a photo of a .').", "a photo of a .")
+    generator_resolution: int = _help(
+        "Side in pixels of the image the VAE encodes (0: the generator's native size, 512 for SD-2.1-base, "
+        "as DIVA trains).", 0)
+    sample_latents: bool = _help("Draw latents from the VAE posterior; false uses its mean, as DIVA does.",
+                                 False)
+    projector_lr: float = _help("Peak lr of the condition projector (0: the run's optim.lr, as in DIVA).",
+                                0.0)
+
+    def validate(self) -> None:
+        if self.num_noise_draws < 1:
+            raise ConfigError(f"method.num_noise_draws={self.num_noise_draws}: must be >= 1 (DIVA uses 2)")
+        if self.num_patch_tokens < 0:
+            raise ConfigError(f"method.num_patch_tokens={self.num_patch_tokens}: must be >= 0 (DIVA uses 76)")
+        if self.generator_resolution < 0:
+            raise ConfigError(
+                f"method.generator_resolution={self.generator_resolution}: must be >= 0 "
+                "(0: the generator's native resolution)"
+            )
+        if self.projector_lr < 0:
+            raise ConfigError(f"method.projector_lr={self.projector_lr}: must be >= 0 (0: optim.lr)")
+
+
+@register_method
+class Diva(Method):
+    name = "diva"
+    config_cls = DivaConfig
+
+    def __init__(self, cfg: DivaConfig, tower: VisionTower, generator: str):
+        super().__init__(cfg, tower, generator)
+        cfg.validate()
+        self.generator = LatentDiffusion(generator)
+        if self.generator.unet.config.class_embed_type is not None:
+            raise GeneratorError(
+                f"generator {self.generator.path}: its UNet expects class labels "
+                f"({self.generator.unet.config.class_embed_type!r}; an unCLIP pipeline?); DIVA "
+                "needs a text-to-image pipeline such as stable-diffusion-2-1-base"
+            )
+        for name, module in self.generator.modules().items():
+            self.freeze(name, module)
+        tower.model.requires_grad_(True)  # the whole tower trains, with the projector
+        if not hasattr(tower.vision_model, "post_layernorm"):
+            raise ValueError(
+                f"tower {tower.spec!r}: its vision model has no post_layernorm, which DIVA applies "
+                "to every condition token"
+            )
+        # fixed for the whole run: a buffer (moves with the method, not a parameter, not saved)
+        self.register_buffer("prompt_embeds", self.generator.encode_prompt(cfg.prompt), persistent=False)
+        prompt_len = self.prompt_embeds.shape[1]
+        if cfg.combine == "add_per_position" and 1 + cfg.num_patch_tokens != prompt_len:
+            raise ConfigError(
+                f"method.num_patch_tokens={cfg.num_patch_tokens}: with combine='add_per_position' the "
+                f"condition (CLS + {cfg.num_patch_tokens} patch tokens) must have the prompt embedding's "
+                f"{prompt_len} tokens; set num_patch_tokens={prompt_len - 1} or combine='add_to_prompt_mean'"
+            )
+        self.projector = nn.Linear(tower.sizes.embed_dim, self.generator.cross_attention_dim)
+        self.resolution = cfg.generator_resolution or self.generator.native_resolution
+
+    # -- data side -------------------------------------------------------------------------
+    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Each branch normalised for its own model: the tower's processor, the VAE's [-1, 1]."""
+        return {
+            "pixel_values": self.tower.preprocess(images),
+            "generator_pixels": vae_pixels(images, self.resolution),
+        }
+
+    @torch.no_grad()
+    def encode_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mean, logvar = self.generator.posterior(batch["generator_pixels"])
+        return {"latent_mean": mean, "latent_logvar": logvar}
+
+    # -- model side ------------------------------------------------------------------------
+    def encode_condition(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every candidate token, projected: [B, 1 + num_patches, cross_attention_dim], the global
+        token first. Which K patches a draw uses is chosen in `denoising_loss`, from its rng."""
+        out = self.tower(batch["pixel_values"])
+        last = out.hidden_states[-1]
+        patches = self.tower.vision_model.post_layernorm(last[:, 1:] if self.tower.has_cls else last)
+        tokens = torch.cat([out.pooled[:, None], patches], dim=1)  # pooled = post-LN CLS for CLIP
+        if self.tower.has_projection:
+            tokens = self.tower.model.visual_projection(tokens)
+        return {"tokens": self.projector(tokens)}
+
+    def context(self, tokens: torch.Tensor, patch_ids: torch.Tensor) -> torch.Tensor:
+        """The UNet's encoder_hidden_states: CLS + the chosen patch tokens combined with the prompt.
+        `patch_ids` [B, K] index the patch tokens (tokens[:, 1:])."""
+        patches = tokens[:, 1:]
+        chosen = torch.gather(patches, 1, patch_ids[..., None].expand(-1, -1, patches.shape[-1]))
+        cond = torch.cat([tokens[:, :1], chosen], dim=1)
+        prompt = self.prompt_embeds.to(cond.dtype)
+        if self.cfg.combine == "add_per_position":
+            return prompt + cond
+        return prompt.mean(dim=1, keepdim=True) + cond
+
+    def denoising_loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        condition: dict[str, torch.Tensor],
+        rng: torch.Generator | None = None,
+        timesteps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        tokens = condition["tokens"]
+        batch_size, num_patches = tokens.shape[0], tokens.shape[1] - 1
+        draws, device = self.cfg.num_noise_draws, tokens.device
+        latents = self.generator.latents(
+            batch["latent_mean"].to(device), batch["latent_logvar"].to(device), rng, self.cfg.sample_latents
+        )
+        patch_ids = randint(num_patches, (draws, batch_size, self.cfg.num_patch_tokens), rng, device)
+        context = torch.cat([self.context(tokens, patch_ids[d]) for d in range(draws)])  # draw-major rows
+        latents = latents.repeat(draws, 1, 1, 1)
+        t = self.generator.timesteps(batch_size, draws, rng, device, fixed=timesteps)
+        noise = randn(latents.shape, rng, latents)
+        noisy = self.generator.add_noise(latents, noise, t)
+        pred = self.generator.denoise(noisy, t, context)
+        return per_sample_mse(pred, self.generator.target(latents, noise, t), draws)
+
+    def timestep_range(self) -> tuple[float, float]:
+        return 0.0, float(self.generator.num_train_timesteps)
+
+    # -- what trains -----------------------------------------------------------------------
+    def trainable_parameters(self) -> list[dict[str, Any]]:
+        """The whole tower and the projector (DIVA trains both, at one lr unless projector_lr is set)."""
+        projector = {"params": list(self.projector.parameters())}
+        if self.cfg.projector_lr:
+            projector["lr"] = self.cfg.projector_lr
+        tower = [p for p in self.tower.parameters() if p.requires_grad]
+        return [{"params": tower}, projector]

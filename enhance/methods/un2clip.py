@@ -1,0 +1,117 @@
+"""un2CLIP (Li et al. 2025): invert a frozen Stable unCLIP. The tower under training takes the
+place of the pipeline's image encoder: its projected global embedding goes, with no
+projector, through the pipeline's own image normaliser and noising schedule (at a fixed
+noise level) into the UNet's `class_labels`, with the empty prompt's text embedding as
+the cross-attention context. The generator stays frozen, so the tower's embedding has to
+stay in the space unCLIP was trained on; the paper finds a projector or a trained
+generator both hurt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from enhance.generators.sd import per_sample_mse, randn, vae_pixels
+from enhance.generators.unclip import UnCLIPDiffusion
+from enhance.methods.base import Method, register_method
+from llava_plugin.config import ConfigError
+from llava_plugin.towers import VisionTower
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class Un2ClipConfig:
+    noise_level: int = _help(
+        "unCLIP noise level applied to the tower's embedding before the UNet (0..image noising steps - 1; "
+        "0 trains on the (almost) clean embedding).", 0)
+    num_noise_draws: int = _help("Denoising draws (t, noise) per image per step; their losses are averaged.",
+                                 1)
+    prompt: str = _help("Text prompt of the cross-attention context (un2CLIP: empty).", "")
+    generator_resolution: int = _help(
+        "Side in pixels of the image the VAE encodes (0: the generator's native size, 768 for "
+        "stable-diffusion-2-1-unclip).", 0)
+    sample_latents: bool = _help(
+        "Draw latents from the VAE posterior, as latent diffusion trains; false uses its mean.", True)
+
+    def validate(self) -> None:
+        if self.noise_level < 0:
+            raise ConfigError(f"method.noise_level={self.noise_level}: must be >= 0")
+        if self.num_noise_draws < 1:
+            raise ConfigError(f"method.num_noise_draws={self.num_noise_draws}: must be >= 1")
+        if self.generator_resolution < 0:
+            raise ConfigError(
+                f"method.generator_resolution={self.generator_resolution}: must be >= 0 "
+                "(0: the generator's native resolution)"
+            )
+
+
+@register_method
+class Un2Clip(Method):
+    name = "un2clip"
+    config_cls = Un2ClipConfig
+
+    def __init__(self, cfg: Un2ClipConfig, tower: VisionTower, generator: str):
+        super().__init__(cfg, tower, generator)
+        cfg.validate()
+        self.generator = UnCLIPDiffusion(generator)
+        self.generator.check_embed_dim(tower.sizes.embed_dim, tower.spec)
+        levels = self.generator.image_noising_scheduler.config.num_train_timesteps
+        if cfg.noise_level >= levels:
+            raise ConfigError(
+                f"method.noise_level={cfg.noise_level}: the generator's image noising schedule has "
+                f"{levels} levels (0..{levels - 1})"
+            )
+        for name, module in self.generator.modules().items():
+            self.freeze(name, module)
+        tower.model.requires_grad_(True)  # the whole tower trains; nothing else does
+        self.register_buffer("prompt_embeds", self.generator.encode_prompt(cfg.prompt), persistent=False)
+        self.resolution = cfg.generator_resolution or self.generator.native_resolution
+
+    # -- data side -------------------------------------------------------------------------
+    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """Each branch normalised for its own model: the tower's processor, the VAE's [-1, 1]."""
+        return {
+            "pixel_values": self.tower.preprocess(images),
+            "generator_pixels": vae_pixels(images, self.resolution),
+        }
+
+    @torch.no_grad()
+    def encode_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mean, logvar = self.generator.posterior(batch["generator_pixels"])
+        return {"latent_mean": mean, "latent_logvar": logvar}
+
+    # -- model side ------------------------------------------------------------------------
+    def encode_condition(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tower's projected global embedding [B, embed_dim], where unCLIP's image encoder's was."""
+        return {"image_embeds": self.tower(batch["pixel_values"]).image_embeds}
+
+    def denoising_loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        condition: dict[str, torch.Tensor],
+        rng: torch.Generator | None = None,
+        timesteps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        embeds = condition["image_embeds"]
+        batch_size, draws, device = embeds.shape[0], self.cfg.num_noise_draws, embeds.device
+        latents = self.generator.latents(
+            batch["latent_mean"].to(device), batch["latent_logvar"].to(device), rng, self.cfg.sample_latents
+        ).repeat(draws, 1, 1, 1)  # draw-major rows
+        class_labels = self.generator.noise_image_embeddings(
+            embeds.repeat(draws, 1), self.cfg.noise_level, rng
+        )
+        context = self.prompt_embeds.expand(draws * batch_size, -1, -1)
+        t = self.generator.timesteps(batch_size, draws, rng, device, fixed=timesteps)
+        noise = randn(latents.shape, rng, latents)
+        noisy = self.generator.add_noise(latents, noise, t)
+        pred = self.generator.denoise(noisy, t, context, class_labels=class_labels)
+        return per_sample_mse(pred, self.generator.target(latents, noise, t), draws)
+
+    def timestep_range(self) -> tuple[float, float]:
+        return 0.0, float(self.generator.num_train_timesteps)
