@@ -261,3 +261,20 @@ def test_mask_schedule_and_random_mask():
     assert masked.sum(dim=1).tolist() == [10, 5, 1, 3]
     again = random_mask(torch.tensor([1.0, 0.5, 0.01, 0.3]), 10, torch.Generator().manual_seed(0), "cpu")
     assert torch.equal(masked, again)
+
+
+@pytest.mark.parametrize("name", ["genhancer", "genhancer-discrete"])
+def test_paper_presets(name):
+    from enhance.config import load_config
+
+    stage1 = load_config(preset=f"{name}-openai-l14-224-stage1")
+    stage2 = load_config(preset=f"{name}-openai-l14-224-stage2")
+    assert stage1.method_name == stage2.method_name == name
+    cfg1, cfg2 = stage1.method_config(), stage2.method_config()
+    assert (cfg1.stage, stage1.optim.lr, cfg2.stage, stage2.optim.lr) == (1, 1e-4, 2, 1e-5)
+    assert cfg1.architecture() == cfg2.architecture()  # stage 2 can load what stage 1 writes
+    assert (cfg2.lora.r, cfg2.lora.alpha, cfg2.lora.dropout) == (16, 16, 0.1)
+    assert stage1.optim.name == "adamw" and stage1.data.global_batch_size == 256
+    if name == "genhancer":
+        assert (cfg1.denoiser.num_double_blocks, cfg1.denoiser.num_single_blocks) == (2, 4)
+        assert (cfg1.logit_normal_mean, cfg1.logit_normal_std) == (0.0, 1.0)
