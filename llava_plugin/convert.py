@@ -6,7 +6,9 @@ key is consumed, and shapes are checked.
 """
 from __future__ import annotations
 
+import copy
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -188,30 +190,39 @@ def open_clip_preprocess_to_hf(preprocess_cfg: dict, image_size: int):
     )
 
 
-def clip_bpe_tokenizer(out_dir: str | Path | None = None, model_max_length: int = 77):
-    """An HF `CLIPTokenizer` built from the BPE vocabulary that open_clip ships (the original CLIP
-    vocabulary), so converted and toy CLIP models carry the real tokenizer offline."""
-    import tempfile
-
+@lru_cache(maxsize=1)
+def _clip_bpe_files() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """CLIP's vocabulary and merges, read once from the BPE file open_clip ships."""
     import open_clip
     from open_clip.tokenizer import SimpleTokenizer
-    from transformers import CLIPTokenizer
 
-    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    simple = SimpleTokenizer(str(bpe_path))
+    simple = SimpleTokenizer(str(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"))
     # open_clip names its specials <start_of_text>/<end_of_text>; HF CLIP uses the original names
     renamed = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
     vocab = {renamed.get(token, token): idx for token, idx in simple.encoder.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        files = Path(out_dir) if out_dir is not None else Path(tmp)
+    return vocab, tuple(sorted(simple.bpe_ranks, key=simple.bpe_ranks.get))
+
+
+@lru_cache(maxsize=4)
+def _clip_bpe_tokenizer(model_max_length: int):
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_bpe_files()
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
+
+
+def clip_bpe_tokenizer(out_dir: str | Path | None = None, model_max_length: int = 77):
+    """An HF `CLIPTokenizer` built from the BPE vocabulary that open_clip ships (the original CLIP
+    vocabulary), so converted and toy CLIP models carry the real tokenizer offline. With
+    `out_dir`, also writes it there in the openai/clip-* layout (vocab.json, merges.txt, tokenizer.json)."""
+    tok = copy.deepcopy(_clip_bpe_tokenizer(model_max_length))
+    if out_dir is not None:
+        files = Path(out_dir)
         files.mkdir(parents=True, exist_ok=True)
+        vocab, merges = _clip_bpe_files()
         (files / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-        merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
         (files / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-        tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges],
-                            model_max_length=model_max_length)
-        if out_dir is not None:
-            tok.save_pretrained(files)
+        tok.save_pretrained(files)
     return tok
 
 
