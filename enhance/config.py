@@ -294,7 +294,7 @@ def preset_summary(name: str) -> str:
     optim = data.get("optim", {})
     sched = data.get("schedule", {})
     batch = data.get("data", {}).get("global_batch_size", "?")
-    return (f"{name:<36} method={method:<20} tower={data.get('vision_tower') or '(--vision-tower)'} "
+    return (f"{name:<42} method={method:<19} tower={data.get('vision_tower') or '(--vision-tower)'} "
             f"{optim.get('name', '?')} lr={optim.get('lr', '?')} batch={batch} steps={sched.get('max_steps') or 'epochs=' + str(sched.get('epochs', '?'))}")
 
 

@@ -161,7 +161,12 @@ class Trainer:
         indices = sample_indices(self.source, cfg.diagnose_images, seed=self.cfg.data.seed + 1)
         result = condition_gap(self.method, self.source, indices, bands=cfg.diagnose_bands,
                                seed=self.cfg.seed, device=self.device, batch_size=cfg.diagnose_images)
-        result["warning"] = result["relative_gap"] < cfg.min_relative_gap
+        # The warning is about the tower drifting; when the tower does not train (GenHancer stage 1
+        # trains a fresh generator that starts out ignoring every condition), there is nothing to warn of.
+        tower_params = {id(p) for p in self.method.tower.parameters()}
+        tower_trains = any(id(p) in tower_params for g in self.method.trainable_parameters() for p in g["params"])
+        result["tower_trains"] = tower_trains
+        result["warning"] = tower_trains and result["relative_gap"] < cfg.min_relative_gap
         self.diagnosis = result
         if distributed.is_main():
             (self.out / "diagnosis_start.json").write_text(json.dumps(result, indent=2))
@@ -347,6 +352,7 @@ class Trainer:
                 method.export_tower().save_pretrained(tmp, metadata)
                 shutil.rmtree(export, ignore_errors=True)
                 tmp.rename(export)
+                method.save_extras(self.out)  # e.g. GenHancer stage 1's denoiser, stage 2's --generator
         distributed.barrier()
         if distributed.is_main():
             logger.info("exported the enhanced tower to %s", export)

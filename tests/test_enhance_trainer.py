@@ -1,0 +1,177 @@
+"""The enhance loop end to end on CPU: resume equivalence, latent-cache equivalence, corrupt
+images, export, diagnose. The loop is driven by the `test-reconstruct` double (tests/enhance_double.py)
+so these tests isolate the shared machinery; per-method tests live in the methods' own files."""
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("GENFEEDBACK_SKIP_SHM_OP", "1")
+
+import enhance_double  # noqa: E402,F401  (registers test-reconstruct)
+from enhance.cache import StaleCacheError  # noqa: E402
+from enhance.config import load_config  # noqa: E402
+from enhance.data import DataError  # noqa: E402
+from enhance.trainer import Trainer  # noqa: E402
+from llava_plugin.config import deep_merge  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def loop_zoo(tmp_path_factory):
+    """Towers and data of the tiny zoo (the double needs no diffusion generator)."""
+    from llava_plugin.toy import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("enhance-zoo"), seed=0, parts=["vision", "data"])
+
+
+def tiny_cfg(zoo, out, **overrides):
+    base = {
+        "method": {"name": "test-reconstruct"},
+        "vision_tower": str(zoo.clip), "generator": "none", "output_dir": str(out),
+        "data": {"source": str(zoo.data["scenes"]), "global_batch_size": 8, "micro_batch_size": 4, "num_workers": 0},
+        "optim": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.01},
+        "schedule": {"max_steps": 4, "warmup_steps": 1, "kind": "cosine"},
+        "precision": {"dtype": "fp32"},
+        "checkpointing": {"every_steps": 2, "keep_last": 1},
+        "logging": {"every_steps": 1, "progress_bar": False, "diagnose_images": 0},
+    }
+    return load_config(preset="base", overrides=deep_merge(base, overrides))
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def tower_weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_resume_matches_uninterrupted_run(loop_zoo, tmp_path):
+    full = Trainer(tiny_cfg(loop_zoo, tmp_path / "full")).fit()
+
+    stopped = Trainer(tiny_cfg(loop_zoo, tmp_path / "resumed")).setup()
+    stopped.train(num_steps=2)  # "killed" after the step-2 checkpoint
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-0000002"]
+    del stopped
+    resumed = Trainer(tiny_cfg(loop_zoo, tmp_path / "resumed")).setup()
+    assert resumed.step == 2
+    summary = resumed.fit()
+    assert summary["steps"] == full["steps"] == 4
+
+    losses_full = [r["loss"] for r in read_metrics(tmp_path / "full")]
+    rows_resumed = read_metrics(tmp_path / "resumed")
+    assert [r["step"] for r in rows_resumed] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows_resumed] == pytest.approx(losses_full, rel=1e-6, abs=1e-7)
+    assert [r["lr"] for r in rows_resumed] == pytest.approx([r["lr"] for r in read_metrics(tmp_path / "full")])
+    a = tower_weights(tmp_path / "full" / "vision_tower")
+    b = tower_weights(tmp_path / "resumed" / "vision_tower")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, f"resumed weights differ by up to {worst}"
+    # keep_last=1: only the final checkpoint remains, and no half-written one
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-0000004"]
+
+
+def test_export_loads_and_differs_from_base(loop_zoo, tmp_path):
+    from transformers import CLIPVisionModel
+
+    from llava_plugin.registry import load_tower, read_metadata
+
+    cfg = tiny_cfg(loop_zoo, tmp_path / "run", precision={"dtype": "bf16"}, schedule={"max_steps": 2},
+                   checkpointing={"every_steps": 0}, logging={"diagnose_images": 4})
+    Trainer(cfg).fit()
+    export = tmp_path / "run" / "vision_tower"
+    hf = CLIPVisionModel.from_pretrained(export)
+    base = CLIPVisionModel.from_pretrained(loop_zoo.clip)
+    assert hf.dtype == torch.float32  # fp32 master weights, not the bf16 working copy
+    diffs = [float((p - q).abs().max()) for p, q in zip(hf.parameters(), base.parameters())]
+    assert max(diffs) > 1e-4
+    tower = load_tower(str(export))
+    assert tower.sizes == load_tower(str(loop_zoo.clip)).sizes
+    meta = read_metadata(export)
+    assert meta["method"] == "test-reconstruct" and meta["steps"] == 2
+    assert meta["base_tower"] == str(loop_zoo.clip)
+    assert meta["config"]["optim"]["lr"] == 1e-2
+    assert meta["final_metrics"]["step"] == 2
+    assert set(meta["generator_fingerprint"]) == {"vae", "decoder"}
+    assert meta["condition_gap_at_start"]["num_images"] == 4
+    assert read_metrics(tmp_path / "run")[0]["event"] == "diagnosis"
+
+
+def test_latent_cache_gives_the_same_losses(loop_zoo, tmp_path):
+    plain = Trainer(tiny_cfg(loop_zoo, tmp_path / "plain", checkpointing={"every_steps": 0})).fit()
+    cache_dir = tmp_path / "cache"
+    cached_cfg = tiny_cfg(loop_zoo, tmp_path / "cached", checkpointing={"every_steps": 0},
+                          cache={"latents": True, "dir": str(cache_dir), "shard_size": 24, "batch_size": 5})
+    trainer = Trainer(cached_cfg)
+    cached = trainer.fit()
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    assert manifest["method"] == "test-reconstruct" and manifest["images"]["count"] == 64
+    assert sorted(p.name for p in cache_dir.glob("shard-*")) == [f"shard-0000{i}.safetensors" for i in range(3)]
+    assert plain["final_metrics"]["loss"] == pytest.approx(cached["final_metrics"]["loss"], rel=1e-5)
+    assert [r["loss"] for r in read_metrics(tmp_path / "plain")] == pytest.approx(
+        [r["loss"] for r in read_metrics(tmp_path / "cached")], rel=1e-5)
+
+    # the cache is really read: rebuild nothing, and poison it to prove the loop uses it
+    from safetensors.torch import load_file, save_file
+
+    shard = cache_dir / "shard-00000.safetensors"
+    tensors = load_file(str(shard))
+    tensors["latents"] = tensors["latents"] + 5.0
+    save_file(tensors, str(shard))
+    poisoned = Trainer(tiny_cfg(loop_zoo, tmp_path / "poisoned", checkpointing={"every_steps": 0},
+                                cache={"latents": True, "dir": str(cache_dir), "shard_size": 24})).fit()
+    assert poisoned["final_metrics"]["loss"] != pytest.approx(cached["final_metrics"]["loss"], rel=1e-3)
+
+    # a cache built for another preprocessing / generator is refused, naming the field
+    stale = tiny_cfg(loop_zoo, tmp_path / "stale", generator="another-generator",
+                     cache={"latents": True, "dir": str(cache_dir), "shard_size": 24})
+    with pytest.raises(StaleCacheError, match="generator"):
+        Trainer(stale).setup()
+    other_method_cfg = tiny_cfg(loop_zoo, tmp_path / "stale2", method={"thumb": 4},
+                                cache={"latents": True, "dir": str(cache_dir), "shard_size": 24})
+    with pytest.raises(StaleCacheError, match="method_config"):
+        Trainer(other_method_cfg).setup()
+
+
+def test_corrupt_images_are_skipped_counted_and_thresholded(loop_zoo, tmp_path):
+    corrupt = str(loop_zoo.data["scenes_corrupt"] / "captions.jsonl")
+    # 67 listed images, 3 broken; 9 steps x 8 = 72 positions cover every image once
+    cfg = tiny_cfg(loop_zoo, tmp_path / "ok", data={"source": corrupt, "max_bad_fraction": 0.1, "shuffle": True},
+                   schedule={"max_steps": 9}, checkpointing={"every_steps": 0})
+    summary = Trainer(cfg).fit()
+    rows = read_metrics(tmp_path / "ok")
+    assert summary["skipped_images"] == rows[-1]["skipped_images"] >= 3
+    assert rows[-1]["images_tried"] == 72 + rows[-1]["skipped_images"]
+    assert all(r["loss"] == r["loss"] for r in rows)  # no NaN from a short batch
+
+    strict = tiny_cfg(loop_zoo, tmp_path / "strict", data={"source": corrupt, "max_bad_fraction": 0.0,
+                                                            "bad_check_after": 8},
+                      schedule={"max_steps": 9}, checkpointing={"every_steps": 0})
+    with pytest.raises(DataError, match="unreadable.*max_bad_fraction"):
+        Trainer(strict).fit()
+
+
+def test_diagnose_cli_writes_json_and_table(loop_zoo, tmp_path, capsys):
+    from enhance.__main__ import main
+
+    out = tmp_path / "diag.json"
+    code = main(["diagnose", "--method", "test-reconstruct", "--vision-tower", str(loop_zoo.clip),
+                 "--generator", "none", "--data", str(loop_zoo.data["scenes"]), "--num-images", "8",
+                 "--bands", "3", "--batch-size", "4", "--output", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert [b["band"] for b in result["bands"]] == [0, 1, 2]
+    assert result["num_images"] == 8
+    for band in result["bands"]:
+        assert band["gap"] == pytest.approx(band["loss_shuffled"] - band["loss_own"])
+    table = capsys.readouterr().out
+    assert "loss own" in table and "shuffled" in table
+    # fixed seeds: the same numbers again
+    main(["diagnose", "--method", "test-reconstruct", "--vision-tower", str(loop_zoo.clip), "--generator", "none",
+          "--data", str(loop_zoo.data["scenes"]), "--num-images", "8", "--bands", "3", "--batch-size", "4",
+          "--output", str(tmp_path / "again.json")])
+    assert json.loads((tmp_path / "again.json").read_text())["bands"] == result["bands"]
