@@ -1,0 +1,145 @@
+"""enhance/data.py: the three source kinds, broken images, RGB conversion, the deterministic
+per-rank plan (same global batches for every world size), resumable position."""
+import json
+
+import pytest
+from PIL import Image
+
+from enhance.data import (BadImageTracker, BatchPlan, DataError, MicroBatches, PlanSampler, decode_image,
+                          expand_braces, open_source)
+
+
+@pytest.fixture(scope="module")
+def data_zoo(tmp_path_factory):
+    from llava_plugin.toy import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("enhance-data-zoo"), seed=0, parts=["data"])
+
+
+def test_folder_jsonl_and_webdataset_sources(data_zoo):
+    folder = open_source(data_zoo.data["scenes"])
+    assert len(folder) == 64 and folder.key(0) == "images/000.jpg"
+    jsonl = open_source(data_zoo.data["scenes"] / "captions.jsonl")
+    assert jsonl.keys() == folder.keys()
+    assert jsonl.load(5).tobytes() == folder.load(5).tobytes()
+    for spec in (data_zoo.data["wds"], data_zoo.data["wds_pattern"], data_zoo.data["wds"] / "00001.tar"):
+        wds = open_source(spec)
+        assert len(wds) == (32 if str(spec).endswith("00001.tar") else 64)
+        image = wds.load(len(wds) - 1)
+        assert image.mode == "RGB" and min(image.size) > 0
+    wds = open_source(data_zoo.data["wds_pattern"])
+    assert wds.key(33) == "00001.tar/000010001"
+
+
+def test_grayscale_rgba_cmyk_become_rgb(data_zoo):
+    source = open_source(data_zoo.data["scenes"])
+    for name in ("images/061.jpg", "images/062.png", "images/063.jpg"):
+        original = Image.open(data_zoo.data["scenes"] / name)
+        assert original.mode in ("L", "RGBA", "CMYK")
+        assert source.load(source.keys().index(name)).mode == "RGB"
+
+
+def test_broken_images_raise_bad_image_with_a_reason(data_zoo):
+    from enhance.data import BadImage
+
+    source = open_source(data_zoo.data["scenes_corrupt"] / "captions.jsonl")
+    assert len(source) == 67
+    reasons = {}
+    for name in ("images/empty.jpg", "images/truncated.jpg", "images/not_an_image.jpg"):
+        with pytest.raises(BadImage) as err:
+            source.load(source.keys().index(name))
+        reasons[name] = str(err.value)
+    assert "zero-size" in reasons["images/empty.jpg"]
+    with pytest.raises(BadImage):
+        decode_image(b"\x89PNG\r\n\x1a\n broken")
+
+
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        open_source(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        open_source(tmp_path / "empty")
+    bad = tmp_path / "list.jsonl"
+    bad.write_text('{"image": "a.jpg"}\n{"img": "b.jpg"}\n')
+    with pytest.raises(DataError, match=r"list.jsonl:2 has no string 'image' field"):
+        open_source(bad)
+    bad.write_text('{"image": "a.jpg"\n')
+    with pytest.raises(DataError, match=r"list.jsonl:1 is not JSON"):
+        open_source(bad)
+    (tmp_path / "broken.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(DataError, match="not a readable tar"):
+        open_source(tmp_path / "broken.tar")
+    with pytest.raises(DataError, match="1 shard"):
+        open_source(str(tmp_path / "{00000..00000}.tar"))
+
+
+def test_expand_braces():
+    assert expand_braces("a/{008..010}.tar") == ["a/008.tar", "a/009.tar", "a/010.tar"]
+    assert expand_braces("{x,y}/{0..1}") == ["x/0", "x/1", "y/0", "y/1"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+def _positions_by_step(world, steps, **kw):
+    """{step: [dataset indices of the global batch, in global micro-batch order]} over all ranks."""
+    out = {}
+    for rank in range(world):
+        plan = BatchPlan(num_images=20, global_batch=8, micro_batch=2, world_size=world, rank=rank, seed=3, **kw)
+        plan.check()
+        ds = MicroBatches(source=None, plan=plan, preprocess=None)
+        for step in range(steps):
+            for micro in plan.rank_micro_indices(step):
+                out.setdefault(step, {})[micro] = [ds._index_at(p) for p in plan.positions(micro)]
+    return {s: [i for m in sorted(v) for i in v[m]] for s, v in out.items()}
+
+
+def test_every_world_size_sees_the_same_global_batches():
+    one = _positions_by_step(1, 6)
+    assert _positions_by_step(2, 6) == one == _positions_by_step(4, 6)
+    epoch0 = one[0] + one[1] + one[2][:4]  # 20 images = 2.5 steps of 8
+    assert sorted(epoch0) == list(range(20))  # each image once per epoch
+    assert one[2][4:] != epoch0[:4] or one[3] != epoch0[4:12]  # the next epoch is reshuffled
+    assert _positions_by_step(1, 6) == one  # deterministic
+    assert _positions_by_step(1, 1, shuffle=False)[0] == list(range(8))
+    with pytest.raises(DataError, match="not divisible by world size 3"):
+        BatchPlan(num_images=20, global_batch=8, micro_batch=2, world_size=3, rank=0, seed=0).check()
+
+
+def test_sampler_resumes_at_a_step():
+    plan = BatchPlan(num_images=20, global_batch=8, micro_batch=2, world_size=2, rank=1, seed=0)
+    full = list(PlanSampler(plan, 0, 5))
+    assert list(PlanSampler(plan, 3, 5)) == full[3 * plan.accumulation:]
+    assert len(PlanSampler(plan, 3, 5)) == 2 * plan.accumulation
+    assert full[:2] == [1, 3]  # rank 1 takes micro-batches 1 and 3 of step 0
+
+
+def test_micro_batches_refill_bad_slots_and_report_them(data_zoo):
+    source = open_source(data_zoo.data["scenes_corrupt"] / "captions.jsonl")
+    bad_index = source.keys().index("images/empty.jpg")
+    plan = BatchPlan(num_images=len(source), global_batch=4, micro_batch=4, world_size=1, rank=0, seed=0,
+                     shuffle=False)
+    ds = MicroBatches(source, plan, preprocess=lambda images: {"n": len(images)})
+    micro = bad_index // 4  # the micro-batch holding the empty file
+    item = ds[micro]
+    assert item["batch"]["n"] == 4  # the slot was refilled
+    assert [k for k, _ in item["bad"]][0] == "images/empty.jpg"
+    assert item["tried"] == 4 + len(item["bad"])
+    assert bad_index not in item["indices"]
+
+
+def test_bad_image_threshold():
+    tracker = BadImageTracker(max_fraction=0.05, check_after=100)
+    tracker.add(50, [("x.jpg", "zero-size file")] * 10)
+    tracker.check(50, 10)  # too few tried to judge yet
+    with pytest.raises(DataError, match=r"10 of 50 images tried \(20.0%\).*x.jpg: zero-size"):
+        tracker.check(50, 10, final=True)
+    tracker.check(1000, 10, final=True)
+
+
+def test_jsonl_paths_are_relative_to_the_list(tmp_path, data_zoo):
+    rows = [{"image": str((data_zoo.data["scenes"] / "images" / "001.jpg").resolve())}, {"image": "sub/x.jpg"}]
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (9, 7), (1, 2, 3)).save(tmp_path / "sub" / "x.jpg")
+    (tmp_path / "list.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    source = open_source(tmp_path / "list.jsonl")
+    assert len(source) == 2 and source.load(1).size == (9, 7)
