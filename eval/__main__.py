@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from eval.benchmarks.common import DatasetLayoutError, write_results
+from llava_plugin.registry import TowerSpecError
 
 
 def _add_common(p: argparse.ArgumentParser, batch_size: int) -> None:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except DatasetLayoutError as err:  # a wrong --data is a usage error, not a crash
+    except (DatasetLayoutError, TowerSpecError) as err:  # a wrong --data/--vision-tower is a usage error
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -237,3 +237,17 @@ def test_original_llava_checkpoint_runs(zoo, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["vision_tower"] == str(zoo.clip) and metrics["parser"] == "lmms"
     assert main(["rescore", str(out)]) == 0
+
+
+def test_unknown_tower_spec_is_a_clear_cli_error(zoo, tmp_path, capsys):
+    argv = [
+        "zeroshot",
+        "--vision-tower",
+        str(tmp_path / "no_such_tower"),
+        "--data",
+        str(zoo.data["zeroshot"]),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    assert "no_such_tower" in capsys.readouterr().err
