@@ -101,6 +101,7 @@ class GenfeedbackLlava(lmms):
         device: str = "cpu",
         dtype: str = "float32",
         batch_size: int | str = 1,
+        vision_tower: str | None = None,
         max_batch_size: int | None = None,
         **unknown,
     ) -> None:
@@ -108,7 +109,7 @@ class GenfeedbackLlava(lmms):
         if unknown:
             raise TypeError(
                 f"{MODEL_NAME}: unknown model_args {sorted(unknown)}; "
-                "known: pretrained, device, dtype, batch_size"
+                "known: pretrained, device, dtype, batch_size, vision_tower"
             )
         if max_batch_size is not None:
             raise ValueError(f"{MODEL_NAME}: automatic batch sizing is not supported; pass --batch_size N")
@@ -117,7 +118,9 @@ class GenfeedbackLlava(lmms):
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"{MODEL_NAME}: batch_size must be >= 1, got {batch_size}")
-        self.model, self.processor = load_mllm(pretrained, device=device, dtype=getattr(torch, dtype))
+        # vision_tower: where an original LLaVA-1.5 checkpoint's mm_vision_tower lives (a tower spec)
+        self.model, self.processor = load_mllm(pretrained, device=device, dtype=getattr(torch, dtype),
+                                               vision_tower=vision_tower)
 
     def _images(self, requests: Sequence[Instance], visual_index: int) -> list[Image.Image]:
         """The single image of each request's document (LLaVA-1.5 takes exactly one)."""

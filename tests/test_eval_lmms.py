@@ -4,7 +4,6 @@ Fast tests check the pieces (entry-point registration, continuation scoring agai
 independent forward pass, task rendering for every listed task, the tiny tasks' pure
 functions); the end-to-end tests run lmms-eval's CLI as `python -m eval vqa` does."""
 
-import argparse
 import io
 import json
 
@@ -70,6 +69,37 @@ def test_continuation_scores_match_an_unbatched_forward_and_use_the_image(llava,
         assert nll == pytest.approx(_reference_nll(model, processor, image, context, continuation), abs=1e-3)
     swapped = lmms.score_continuations(model, processor, images[::-1], contexts, continuations, batch_size=3)
     assert swapped[0][0] != pytest.approx(scores[0][0], abs=1e-6), "the image must change the score"
+
+
+def _requests(request_type, docs, second_arg):
+    from lmms_eval.api.instance import Instance
+
+    def doc_to_visual(doc):
+        return [doc["image"]]
+
+    return [Instance(request_type, (doc["question"], second_arg, doc_to_visual, i, "t", "test"), idx=0,
+                     metadata={"task": "t", "doc_id": i, "repeats": 1}) for i, doc in enumerate(docs)]
+
+
+@pytest.mark.parametrize("checkpoint", ["llava", "llava_original"])
+def test_model_class_answers_and_scores_from_either_checkpoint_format(zoo, llava, checkpoint):
+    """Both the HF Llava dir and the original LLaVA-1.5 dir of the same weights load into the
+    plugin and give the answers and scores of a direct call on the HF dir."""
+    model = lmms.GenfeedbackLlava(pretrained=str(getattr(zoo, checkpoint)), batch_size="2")
+    images = _images(zoo.data["vqa_gen"])[:3]
+    docs = [{"question": row["question"], "image": image} for row, image in zip(_rows(zoo.data["vqa_gen"]), images)]
+    model.task_dict = {"t": {"test": docs}}
+    gen_kwargs = {"max_new_tokens": 6, "temperature": 0, "do_sample": False}
+    answers = model.generate_until(_requests("generate_until", docs, gen_kwargs))
+    prompts = [mllm.format_prompt(d["question"]) for d in docs]
+    assert answers == mllm.generate(*llava, images, prompts, batch_size=2, max_new_tokens=6)
+    scores = [r.text for r in model.loglikelihood(_requests("loglikelihood", docs, " Yes"))]
+    expected = lmms.score_continuations(*llava, images, [d["question"] for d in docs], [" Yes"] * 3)
+    assert [s[1] for s in scores] == [e[1] for e in expected]
+    assert [s[0] for s in scores] == pytest.approx([e[0] for e in expected], abs=1e-3)
+    model.task_dict = {"t": {"test": [{"question": "text only", "image": None}]}}
+    with pytest.raises(ValueError, match="t doc 0 has 1 visuals .*NoneType.*exactly one image"):
+        model.loglikelihood(_requests("loglikelihood", model.task_dict["t"]["test"], " A"))
 
 
 def test_continuation_must_tokenize_as_a_suffix(llava):
@@ -184,10 +214,11 @@ def test_vqa_generate_and_multiple_choice_through_lmms_eval(zoo, llava, tmp_path
 
 def test_vqa_command_fails_loudly_when_lmms_eval_fails(zoo, tmp_path, datasets_cache, capsys):
     """lmms-eval exits 0 after a traceback; `python -m eval vqa` must not."""
-    args = argparse.Namespace(model=str(tmp_path / "no_such_model"), tasks="shapes_vqa",
-                              data_root=zoo.data["vqa"].parent, output=tmp_path / "run", batch_size=1,
-                              limit=2, device="cpu")
-    assert lmms.run_vqa(args) == 1
+    from eval.__main__ import main
+
+    argv = ["vqa", "--model", tmp_path / "no_such_model", "--tasks", "shapes_vqa", "--data-root",
+            zoo.data["vqa"].parent, "--output", tmp_path / "run", "--limit", 2]
+    assert main([str(a) for a in argv]) == 1
     error = capsys.readouterr().err
     assert "lmms-eval failed (exit code 0" in error and str(tmp_path / "run" / "lmms_eval.log") in error
     assert not (tmp_path / "run" / "shapes_vqa" / "metrics.json").exists()
