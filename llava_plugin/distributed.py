@@ -1,0 +1,121 @@
+"""Process-group and DeepSpeed helpers that every training stage needs the same way.
+
+- `init()` joins the process group a launcher (torchrun, deepspeed) set up, or creates a
+  1-process group when run plainly; gloo on CPU, nccl on GPU.
+- `gathered_state_dict(engine)` gives rank 0 the complete weights of a DeepSpeed engine's
+  module, gathering ZeRO-3 partitions first (a partitioned parameter is an empty tensor on
+  every rank, so saving without gathering writes nothing).
+
+Set GENFEEDBACK_SKIP_SHM_OP=1 to skip DeepSpeed's CPU shared-memory collective op (an ~80 s
+JIT compile on first use; gloo does the same job for tests and small runs).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+
+SKIP_SHM_ENV = "GENFEEDBACK_SKIP_SHM_OP"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init() -> None:
+    """Join (or, without a launcher, create) the process group; idempotent."""
+    if dist.is_available() and dist.is_initialized():
+        return
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401
+
+    if os.environ.get(SKIP_SHM_ENV) == "1":
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=datetime.timedelta(minutes=30))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Barrier, then leave the process group (so no rank exits while others still talk)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum floats over ranks (float64)."""
+    if world_size() == 1:
+        return list(values)
+    dev = device() if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def zero_stage(engine) -> int:
+    return int(engine.zero_optimization_stage()) if hasattr(engine, "zero_optimization_stage") else 0
+
+
+def gathered_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """Collective (every rank must call it): the module's full state dict, on CPU, on rank 0
+    (None on other ranks). Under ZeRO-3 each parameter is gathered from its partitions one at a
+    time, so no rank ever holds more than the model plus one parameter."""
+    module = engine.module if hasattr(engine, "module") else engine
+    if zero_stage(engine) < 3:
+        if not is_main():
+            return None
+        return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+    import deepspeed
+
+    state = {}
+    params = dict(module.named_parameters())
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        param = params.get(name)
+        if param is not None and hasattr(param, "ds_id"):
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if is_main():
+                    state[name] = param.data.detach().cpu().clone()
+        elif is_main():
+            state[name] = tensor.detach().cpu().clone()
+    return state if is_main() else None
