@@ -470,8 +470,9 @@ def make_prediction(sample: dict, spec: dict) -> dict:
         raw = [[float(nll), str(greedy) == "True"] for nll, greedy in map(_flatten, parsed)]
         parsed = min(range(len(raw)), key=lambda i: raw[i][0])
         gold = int(gold)
-    correct_metric = spec.get("correct", next(iter(spec["headline"])))
-    score = sample.get(correct_metric)
+    # the first headline metric the sample carries (mme logs perception or cognition per sample);
+    # correct stays None when that per-sample score is not 0/1 (e.g. textvqa's soft VQA accuracy)
+    score = next((sample[m] for m in spec["headline"] if m in sample), None)
     if isinstance(score, dict):  # e.g. pope, mme: {"question_id", "score", ...}
         score = score.get("score")
     correct = bool(score) if score in (0, 1, True, False) else None

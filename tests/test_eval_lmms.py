@@ -236,3 +236,66 @@ def test_our_checkpoint_runs_in_lmms_evals_stock_llava_hf(zoo, llava, tmp_path, 
     direct = mllm.generate(*llava, images, [mllm.format_prompt(p["prompt"]) for p in predictions],
                            batch_size=1, max_new_tokens=8, pad_to_square=False)
     assert [p["raw_answer"] for p in predictions] == direct
+
+
+def _write_hub_copies(root, images):
+    """Four-row copies of the real datasets, in their hub file layouts and column schemas
+    (the columns lmms-eval's own task code reads), with the zoo's images."""
+    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+
+    def write(path, rows, features):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Dataset.from_list(rows, features=Features(features)).to_parquet(str(path))
+
+    text, image = Value("string"), ImageFeature()
+    write(root / "POPE/data/test-00000-of-00001.parquet",
+          [{"question_id": str(i), "question": "Is there a circle in the image?", "answer": "yes" if i % 2 else "no",
+            "image_source": f"img{i}", "image": images[i], "category": "adversarial"} for i in range(4)],
+          {"question_id": text, "question": text, "answer": text, "image_source": text, "image": image,
+           "category": text})
+    write(root / "GQA/testdev_balanced_instructions/testdev-00000-of-00001.parquet",
+          [{"id": f"q{i}", "imageId": f"n{i % 2}", "question": "What shape is it?", "answer": "circle",
+            "fullAnswer": "It is a circle."} for i in range(4)],
+          {"id": text, "imageId": text, "question": text, "answer": text, "fullAnswer": text})
+    write(root / "GQA/testdev_balanced_images/testdev-00000-of-00001.parquet",
+          [{"id": f"n{i}", "image": images[i]} for i in range(2)], {"id": text, "image": image})
+    write(root / "ScienceQA/ScienceQA-IMG/test-00000-of-00001.parquet",
+          [{"image": images[i], "question": "Which shape is shown?", "choices": ["circle", "square", "star"],
+            "answer": i % 3, "hint": "Look closely." if i % 2 else "", "task": "closed choice", "grade": "grade2",
+            "subject": "natural science", "topic": "shapes", "category": "shapes", "skill": "identify",
+            "lecture": "", "solution": ""} for i in range(4)],
+          {"image": image, "question": text, "choices": Sequence(text), "answer": Value("int8"), "hint": text,
+           "task": text, "grade": text, "subject": text, "topic": text, "category": text, "skill": text,
+           "lecture": text, "solution": text})
+    write(root / "textvqa/data/validation-00000-of-00001.parquet",
+          [{"image_id": f"t{i}", "question_id": i, "question": "What colour is the shape?", "image": images[i],
+            "answers": ["red"] * 7 + ["blue"] * 3, "ocr_tokens": []} for i in range(4)],
+          {"image_id": text, "question_id": Value("int64"), "question": text, "image": image,
+           "answers": Sequence(text), "ocr_tokens": Sequence(text)})
+    write(root / "MME/data/test-00000-of-00001.parquet",
+          [{"question_id": f"{category}/{i // 2}.png", "image": images[i],
+            "question": "Is there a circle in the image? Please answer yes or no.",
+            "answer": "Yes" if i % 2 else "No", "category": category}
+           for i, category in enumerate(["count", "count", "code_reasoning", "code_reasoning"])],
+          {"question_id": text, "image": image, "question": text, "answer": text, "category": text})
+
+
+@pytest.mark.slow
+def test_real_task_configs_run_on_local_hub_layout_copies(zoo, tmp_path, datasets_cache):
+    """pope, gqa, scienceqa_img, textvqa_val and mme: lmms-eval's own task code on local parquet
+    copies (no hub), through our model, with every headline metric reported."""
+    data = tmp_path / "data"
+    _write_hub_copies(data, _images(zoo.data["vqa_gen"]))
+    tasks = ["pope", "gqa", "scienceqa_img", "textvqa_val", "mme"]
+    metrics = lmms.evaluate(zoo.llava, tasks, data, tmp_path / "run", batch_size=4)
+    specs = lmms.task_specs()
+    for name in tasks:
+        predictions = _predictions(tmp_path / "run" / name)
+        assert len(predictions) == metrics[name]["samples"] == 4, name
+        assert set(metrics[name]["headline"]) == set(specs[name]["headline"])
+        assert all(value is not None for value in metrics[name]["headline"].values()), name
+    pope = _predictions(tmp_path / "run" / "pope")
+    assert [p["gold"] for p in pope] == ["no", "yes", "no", "yes"]
+    accuracy = 100.0 * sum(p["correct"] for p in pope) / 4
+    assert metrics["pope"]["headline"]["pope_accuracy"] == pytest.approx(accuracy)
+    assert metrics["pope"]["accuracy_from_predictions"] == pytest.approx(accuracy)
