@@ -278,3 +278,26 @@ def test_paper_presets(name):
     if name == "genhancer":
         assert (cfg1.denoiser.num_double_blocks, cfg1.denoiser.num_single_blocks) == (2, 4)
         assert (cfg1.logit_normal_mean, cfg1.logit_normal_std) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_lora_merge_matches_the_wrapped_tower(gen_zoo, family):
+    """Random adapters on every targeted linear: the merged plain model computes the same
+    hidden states and pooled output (SigLIP's attention-pool head included)."""
+    from enhance.methods.genhancer import LoraSettings, add_lora, merged_tower
+
+    tower = load_tower(str(getattr(gen_zoo, family)))
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = tower(pixels)
+    tower.model = add_lora(tower.model, LoraSettings())
+    tower.eval()
+    with torch.no_grad():
+        for name, param in tower.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05, generator=torch.Generator().manual_seed(len(name)))
+        wrapped = tower(pixels)
+        merged = merged_tower(tower)(pixels)
+    assert (wrapped.hidden_states[-1] - merged.hidden_states[-1]).abs().max() < 1e-5
+    assert (wrapped.pooled - merged.pooled).abs().max() < 1e-5
+    assert (wrapped.pooled - base.pooled).abs().max() > 1e-3

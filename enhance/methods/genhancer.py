@@ -156,8 +156,12 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     the adapted biases) require grad."""
     from peft import LoraConfig, get_peft_model
 
+    # nn.MultiheadAttention (SigLIP's attention-pool head) reads out_proj.weight directly, so an
+    # adapter there would be skipped in forward yet merged on export: leave those alone.
+    bypassed = [f"{name}.out_proj" for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.targets), bias=settings.bias)
+                        target_modules=list(settings.targets), bias=settings.bias,
+                        exclude_modules=bypassed or None)
     try:
         return get_peft_model(model, config)
     except ValueError as err:
@@ -166,11 +170,33 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
                          f"are {names}") from err
 
 
+def merge_lora(peft_model: nn.Module) -> nn.Module:
+    """A new plain HF model equal to the LoRA-wrapped one: every adapter folded into its
+    Linear (W + scale * B @ A). The wrapped model is only read, never merged in place (its
+    base weights stay bit-exact), and never deep-copied (safe on ZeRO-3-gathered params)."""
+    from peft.tuners.lora import LoraLayer
+
+    inner = peft_model.get_base_model()
+    state = {key.replace(".base_layer.", "."): value for key, value in inner.state_dict().items()
+             if ".lora_" not in key}
+    with torch.no_grad():
+        for name, module in inner.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            if module.merged:
+                raise RuntimeError(f"LoRA of {name} is already merged into its weights; cannot export it twice")
+            base = module.get_base_layer().weight
+            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+            state[f"{name}.weight"] = base + delta.to(base.dtype)
+    plain = type(inner)(inner.config)
+    plain.load_state_dict(state, strict=True)
+    return plain.to(next(inner.parameters()).dtype)
+
+
 def merged_tower(tower: VisionTower) -> VisionTower:
-    """A copy of a LoRA-wrapped tower with the adapters merged into plain HF weights."""
-    exported = copy.deepcopy(tower)
-    exported.model = exported.model.merge_and_unload()
-    return exported.eval()
+    """The tower (same processor, text tower and metadata) around the LoRA-merged model."""
+    merged = merge_lora(tower.model)
+    return copy.deepcopy(tower, memo={id(tower.model): merged}).eval()
 
 
 # ---- the shared two-stage method ---------------------------------------------------------
