@@ -149,3 +149,15 @@ def test_condition_reaches_the_unet(method):
             timesteps=torch.tensor(500),
         )
     assert not torch.allclose(own, swapped)
+
+
+def test_normaliser_gets_no_gradient_even_after_its_own_to(zoo):
+    """diffusers' StableUnCLIPImageNormalizer.to() re-creates its statistics with requires_grad=True."""
+    method = make(zoo, noise_level=100)
+    normalizer = method.frozen["image_normalizer"]
+    normalizer.to(torch.float32)  # as a trainer casting the frozen modules does
+    batch = method.preprocess(scenes(2))
+    batch |= method.encode_targets(batch)
+    method(batch, torch.Generator().manual_seed(0)).loss.backward()
+    assert normalizer.mean.grad is None and normalizer.std.grad is None
+    assert any(p.grad is not None for p in method.tower.parameters())

@@ -74,9 +74,13 @@ class UnCLIPDiffusion(LatentDiffusion):
         from diffusers.models.embeddings import get_timestep_embedding
 
         levels = torch.full((embeds.shape[0],), noise_level, device=embeds.device, dtype=torch.long)
-        scaled = self.image_normalizer.scale(embeds)
+        # the normaliser's statistics, detached: its own `.to()` re-creates them as parameters that
+        # require grad, so freezing it does not survive a dtype cast
+        mean = self.image_normalizer.mean.detach().to(embeds)
+        std = self.image_normalizer.std.detach().to(embeds)
+        scaled = (embeds - mean) / std
         noised = self.image_noising_scheduler.add_noise(scaled, randn(embeds.shape, rng, scaled), levels)
-        unscaled = self.image_normalizer.unscale(noised)
+        unscaled = noised * std + mean
         level_embeds = get_timestep_embedding(
             levels, embedding_dim=embeds.shape[-1], flip_sin_to_cos=True, downscale_freq_shift=0
         )
