@@ -81,6 +81,8 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 TASK_SPECS = TASKS_DIR / "tasks.yaml"
 LOCAL_SUFFIX = "_local"
 GQA_IMAGES_ENV = "GENFEEDBACK_GQA_IMAGES"  # read by tasks/gqa/utils.py
+DEFAULT_MAX_NEW_TOKENS = 128  # when a task sets none; answers end at EOS long before
+IMAGE_CHUNK_BATCHES = 16  # batches whose images are decoded at once (POPE's 9k images would need ~8 GB)
 
 
 def lmms_eval_models():
@@ -150,20 +152,19 @@ class GenfeedbackLlava(lmms):
             _, gen_kwargs, _, _, task, _ = request.args
             groups[(task, json.dumps(gen_kwargs, sort_keys=True, default=str))].append(i)
         for (task, _), indices in groups.items():
-            gen_kwargs = dict(requests[indices[0]].args[1])
-            until, max_new_tokens = greedy_settings(task, gen_kwargs)
-            chunk = [requests[i] for i in indices]
-            texts = generate(
-                self.model,
-                self.processor,
-                self._images(chunk, 2),
-                [format_prompt(r.args[0]) for r in chunk],
-                batch_size=self.batch_size,
-                max_new_tokens=max_new_tokens,
-                desc=f"{task} generate",
-            )
-            for i, text in zip(indices, texts):
-                answers[i] = cut_at(text, until)
+            until, max_new_tokens = greedy_settings(task, dict(requests[indices[0]].args[1]))
+            for chunk in self._chunks(indices):
+                texts = generate(
+                    self.model,
+                    self.processor,
+                    self._images([requests[i] for i in chunk], 2),
+                    [format_prompt(requests[i].args[0]) for i in chunk],
+                    batch_size=self.batch_size,
+                    max_new_tokens=max_new_tokens,
+                    desc=f"{task} generate",
+                )
+                for i, text in zip(chunk, texts):
+                    answers[i] = cut_at(text, until)
         return answers
 
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
@@ -176,15 +177,23 @@ class GenfeedbackLlava(lmms):
                 target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
             )
             contexts.append(context)
-        scores = score_continuations(
-            self.model,
-            self.processor,
-            self._images(requests, 2),
-            contexts,
-            continuations,
-            batch_size=self.batch_size,
-        )
+        scores = []
+        for chunk in self._chunks(range(len(requests))):
+            scores += score_continuations(
+                self.model,
+                self.processor,
+                self._images([requests[i] for i in chunk], 2),
+                [contexts[i] for i in chunk],
+                [continuations[i] for i in chunk],
+                batch_size=self.batch_size,
+            )
         return [GenerationResult(text=score) for score in scores]
+
+    def _chunks(self, indices: Sequence[int]):
+        """Requests a few batches at a time, so only their images are decoded in memory."""
+        size = self.batch_size * IMAGE_CHUNK_BATCHES
+        for start in range(0, len(indices), size):
+            yield indices[start : start + size]
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError(
@@ -198,7 +207,8 @@ def greedy_settings(task: str, gen_kwargs: dict) -> tuple[list[str], int]:
     gen_kwargs = dict(gen_kwargs)
     until = gen_kwargs.pop("until", [])
     until = [until] if isinstance(until, str) else list(until)
-    max_new_tokens = int(gen_kwargs.pop("max_new_tokens", 128))
+    # tasks that give only `until` (textvqa) get DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens = int(gen_kwargs.pop("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
     sampling = gen_kwargs.pop("do_sample", False) or float(gen_kwargs.pop("temperature", 0) or 0) > 0
     beams = int(gen_kwargs.pop("num_beams", 1) or 1)
     gen_kwargs.pop("top_p", None)  # irrelevant without sampling
@@ -491,6 +501,7 @@ def make_prediction(sample: dict, spec: dict) -> dict:
 _SAMPLE_BOOKKEEPING = {
     "doc_id",
     "input",
+    "input_media",
     "resps",
     "filtered_resps",
     "target",

@@ -82,9 +82,11 @@ def _requests(request_type, docs, second_arg):
 
 
 @pytest.mark.parametrize("checkpoint", ["llava", "llava_original"])
-def test_model_class_answers_and_scores_from_either_checkpoint_format(zoo, llava, checkpoint):
+def test_model_class_answers_and_scores_from_either_checkpoint_format(zoo, llava, checkpoint, monkeypatch):
     """Both the HF Llava dir and the original LLaVA-1.5 dir of the same weights load into the
-    plugin and give the answers and scores of a direct call on the HF dir."""
+    plugin and give the answers and scores of a direct call on the HF dir (3 requests in
+    image chunks of one batch of 2: the chunking must not reorder or drop anything)."""
+    monkeypatch.setattr(lmms, "IMAGE_CHUNK_BATCHES", 1)
     model = lmms.GenfeedbackLlava(pretrained=str(getattr(zoo, checkpoint)), batch_size="2")
     images = _images(zoo.data["vqa_gen"])[:3]
     docs = [{"question": row["question"], "image": image} for row, image in zip(_rows(zoo.data["vqa_gen"]), images)]
@@ -241,7 +243,8 @@ def test_our_checkpoint_runs_in_lmms_evals_stock_llava_hf(zoo, llava, tmp_path, 
 def _write_hub_copies(root, images):
     """Four-row copies of the real datasets, in their hub file layouts and column schemas
     (the columns lmms-eval's own task code reads), with the zoo's images."""
-    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+    from datasets import Dataset, Features, Sequence, Value
+    from datasets import Image as ImageFeature
 
     def write(path, rows, features):
         path.parent.mkdir(parents=True, exist_ok=True)
