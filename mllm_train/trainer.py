@@ -235,8 +235,10 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
     def _loader(self, batches: list[list[int]]):
+        # A private generator: a DataLoader iterator otherwise draws its base seed from the global
+        # RNG, which would shift the dropout draws of a resumed run against an uninterrupted one.
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=self.collator,
-                                           num_workers=self.cfg.num_workers,
+                                           num_workers=self.cfg.num_workers, generator=torch.Generator(),
                                            persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def _to_device(self, batch: dict) -> dict:
