@@ -108,7 +108,6 @@ def cmd_train(args) -> int:
     summary = trainer.fit()
     if distributed.is_main():
         print(json.dumps(summary, indent=2, default=str))
-    distributed.shutdown()
     return 0
 
 
@@ -171,5 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> int:
+    """Process entry point: main(), then leave the process group (all ranks together)."""
+    from enhance import distributed
+
+    code = main()
+    distributed.shutdown()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

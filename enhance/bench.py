@@ -158,5 +158,4 @@ def main(args) -> int:
     Path(args.output).write_text(json.dumps(result, indent=2))
     print(format_table(rows, memory.kind))
     print(f"wrote {args.output}")
-    distributed.shutdown()
     return 0

@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import os
 import socket
+import sys
 from typing import Iterator
 
 import torch
@@ -40,8 +41,6 @@ def init() -> None:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    import sys
-
     import deepspeed
     import deepspeed.comm.torch  # noqa: F401  (`deepspeed.comm.torch` as an attribute is the torch package)
 
@@ -75,7 +74,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Barrier, then leave the process group (so no rank exits while others still talk)."""
+    """Barrier, then leave the process group (so no rank exits while others still talk). Once, at
+    process exit: DeepSpeed caches its groups, so a process cannot init() again afterwards."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -77,6 +77,9 @@ if TinyReconstruction.name not in METHODS:
 
 
 if __name__ == "__main__":
+    from enhance import distributed
     from enhance.__main__ import main
 
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    distributed.shutdown()
+    sys.exit(code)
