@@ -49,8 +49,11 @@ unless a new results JSON lists every requested task.
 **Results.** Per task, OUT/<name>/ gets `predictions.jsonl` (from lmms-eval's
 `--log_samples`: id, prompt, raw_answer, parsed, gold, correct, plus lmms-eval's per-sample
 scores) and `metrics.json` (`benchmark` = `vqa_<name>`, `headline` in percent where the
-metric is a fraction, every lmms-eval metric, the lmms-eval results file, and the accuracy
-recomputed from `correct`), so `python -m eval compare` shows VQA columns.
+metric is a fraction, and the plain accuracy of `correct`), so `python -m eval compare` shows
+VQA columns. `score(predictions, config)` computes metrics.json from the predictions alone by
+applying the task's own lmms-eval aggregations to the per-sample scores; a run fails if that
+does not reproduce lmms-eval's results file (whose path is in `config`). Every lmms-eval
+metric, stderr included, stays in that file.
 """
 
 from __future__ import annotations
@@ -121,8 +124,9 @@ class GenfeedbackLlava(lmms):
         if self.batch_size < 1:
             raise ValueError(f"{MODEL_NAME}: batch_size must be >= 1, got {batch_size}")
         # vision_tower: where an original LLaVA-1.5 checkpoint's mm_vision_tower lives (a tower spec)
-        self.model, self.processor = load_mllm(pretrained, device=device, dtype=getattr(torch, dtype),
-                                               vision_tower=vision_tower)
+        self.model, self.processor = load_mllm(
+            pretrained, device=device, dtype=getattr(torch, dtype), vision_tower=vision_tower
+        )
 
     def _images(self, requests: Sequence[Instance], visual_index: int) -> list[Image.Image]:
         """The single image of each request's document (LLaVA-1.5 takes exactly one)."""
@@ -297,18 +301,50 @@ def task_specs() -> dict[str, dict]:
     return yaml.safe_load(TASK_SPECS.read_text())
 
 
+def task_includes(spec: dict) -> list[str]:
+    """The config files a task is built from, overlay first (lmms-eval: earlier includes win)."""
+    import lmms_eval.tasks
+
+    includes = [str(TASKS_DIR / spec["overlay"])] if "overlay" in spec else []
+    return includes + (
+        [str(Path(lmms_eval.tasks.__file__).parent / spec["stock"])] if "stock" in spec else []
+    )
+
+
+def headline_aggregations(name: str) -> dict:
+    """{headline metric: lmms-eval's aggregation function for it} from the task's own config."""
+    from lmms_eval.api.registry import get_aggregation, get_metric_aggregation
+    from lmms_eval.utils import load_yaml_config
+
+    spec = task_specs()[name]
+    config = load_yaml_config(yaml_config={"include": task_includes(spec)}, yaml_dir=str(TASKS_DIR))
+    listed = {m["metric"]: m.get("aggregation") for m in config["metric_list"]}
+    functions = {}
+    for metric in spec["headline"]:
+        if metric not in listed:
+            raise ValueError(
+                f"{name}: headline metric {metric!r} is not in the task's metric_list {sorted(listed)}"
+            )
+        aggregation = listed[metric]
+        functions[metric] = (
+            get_metric_aggregation(metric)
+            if aggregation is None
+            else get_aggregation(aggregation)
+            if isinstance(aggregation, str)
+            else aggregation
+        )
+    return functions
+
+
 def render_tasks(
     names: Sequence[str], data_root: Path, out_dir: Path
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Write one lmms-eval config per task under `out_dir`, reading the local copy under
     `data_root`. Returns ({name: lmms-eval task name}, extra environment for the run)."""
-    import lmms_eval.tasks
-
     specs = task_specs()
     unknown = [n for n in names if n not in specs]
     if unknown:
         raise ValueError(f"unknown VQA task(s) {unknown}; known: {sorted(specs)} (eval/tasks/tasks.yaml)")
-    stock_dir = Path(lmms_eval.tasks.__file__).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     local_names, env = {}, {}
     for name in names:
@@ -316,8 +352,7 @@ def render_tasks(
         data_files = {
             split: _local_files(name, data_root, pattern) for split, pattern in spec["data_files"].items()
         }
-        includes = [str(TASKS_DIR / spec["overlay"])] if "overlay" in spec else []
-        includes += [str(stock_dir / spec["stock"])] if "stock" in spec else []  # earlier includes win
+        includes = task_includes(spec)
         local_names[name] = name + LOCAL_SUFFIX
         config = {
             "include": includes,
@@ -413,14 +448,17 @@ def evaluate(
         config = {
             "model": args["pretrained"],
             "lmms_model": lmms_model,
+            "vqa_task": name,
             "task": local,
             "data_files": results["configs"][local]["dataset_kwargs"]["data_files"],
             "limit": limit,
             "batch_size": batch_size,
             "lmms_eval_version": _lmms_eval_version(),
+            "lmms_eval_results": str(results_file),
         }
         predictions = [make_prediction(sample, specs[name]) for sample in samples]
-        metrics = summarize(name, results["results"][local], predictions, specs[name], config, results_file)
+        metrics = score(predictions, config)
+        check_against_lmms_eval(metrics, results["results"][local], specs[name]["headline"])
         write_results(output / name, predictions, metrics)
         all_metrics[name] = metrics
     return all_metrics
@@ -528,35 +566,45 @@ def _is_choice_scores(value) -> bool:
     )
 
 
-def summarize(
-    name: str, task_results: dict, predictions: list[dict], spec: dict, config: dict, results_file: Path
-) -> dict:
-    """metrics.json: headline numbers (scaled per tasks.yaml), every lmms-eval metric, and the
-    accuracy recomputed from the predictions' `correct` flags."""
-    lmms_metrics = {
-        key.removesuffix(",none"): value
-        for key, value in task_results.items()
-        if key != "alias" and not key.endswith("_stderr,none")
-    }
+def rejudge(prediction: dict, config: dict) -> dict:
+    """VQA predictions keep lmms-eval's per-sample scores (its process_results needs the dataset
+    document, which is not stored): rescoring re-aggregates them, it does not re-parse."""
+    return prediction
+
+
+def score(predictions: list[dict], config: dict) -> dict:
+    """metrics.json from the predictions alone: each headline metric is lmms-eval's own
+    aggregation of the per-sample scores, scaled per tasks.yaml; plus the plain accuracy of the
+    `correct` flags where the task has 0/1 per-sample scores."""
+    name = config["vqa_task"]
+    factors = task_specs()[name]["headline"]
     headline = {}
-    for metric, factor in spec["headline"].items():
-        if metric not in lmms_metrics:
-            raise LmmsEvalFailed(
-                f"{name}: lmms-eval reported no {metric!r} (it reported {sorted(lmms_metrics)})"
-            )
-        value = lmms_metrics[metric]
-        headline[metric] = None if value is None else float(value) * factor
-    flags = [p["correct"] for p in predictions]
-    judged = [f for f in flags if f is not None]
+    for metric, aggregate in headline_aggregations(name).items():
+        values = [p["scores"][metric] for p in predictions if metric in p["scores"]]
+        value = aggregate(values) if values else None
+        headline[metric] = None if value is None else float(value) * factors[metric]
+    judged = [p["correct"] for p in predictions if p["correct"] is not None]
     return {
         "benchmark": f"vqa_{name}",
         "config": config,
         "headline": headline,
-        "lmms_eval": lmms_metrics,
-        "lmms_eval_results": str(results_file),
         "samples": len(predictions),
         "accuracy_from_predictions": 100.0 * sum(judged) / len(judged) if judged else None,
     }
+
+
+def check_against_lmms_eval(metrics: dict, task_results: dict, factors: dict) -> None:
+    """Our re-aggregation must reproduce the numbers in lmms-eval's results file."""
+    for metric, value in metrics["headline"].items():
+        reported = task_results.get(f"{metric},none")
+        expected = None if reported is None else float(reported) * factors[metric]
+        if (value is None) != (expected is None) or (
+            value is not None and abs(value - expected) > 1e-9 * max(1, abs(expected))
+        ):
+            raise LmmsEvalFailed(
+                f"{metrics['benchmark']}: {metric} from the logged samples is {value}, lmms-eval "
+                f"reported {expected} ({metrics['config']['lmms_eval_results']})"
+            )
 
 
 def run_vqa(args: argparse.Namespace) -> int:

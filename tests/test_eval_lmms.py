@@ -6,6 +6,7 @@ functions); the end-to-end tests run lmms-eval's CLI as `python -m eval vqa` doe
 
 import io
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -190,7 +191,8 @@ def test_vqa_generate_and_multiple_choice_through_lmms_eval(zoo, llava, tmp_path
         assert p["prompt"] == row["question"] + "\nAnswer the question using a single word or phrase."
         assert p["gold"] == row["answer"]
     vqa = metrics["shapes_vqa"]
-    assert vqa["headline"]["exact_match"] == pytest.approx(100 * vqa["lmms_eval"]["exact_match"])
+    lmms_results = json.loads(Path(vqa["config"]["lmms_eval_results"]).read_text())["results"]
+    assert vqa["headline"]["exact_match"] == 100 * lmms_results["shapes_vqa_local"]["exact_match,none"]
     assert vqa["accuracy_from_predictions"] == pytest.approx(vqa["headline"]["exact_match"])
 
     # multiple choice: per-option NLLs with the image; lowest NLL is the answer; acc recomputed
@@ -208,7 +210,12 @@ def test_vqa_generate_and_multiple_choice_through_lmms_eval(zoo, llava, tmp_path
     assert metrics["shapes_mc"]["headline"]["acc"] == pytest.approx(acc)
     assert json.loads((out / "shapes_mc" / "metrics.json").read_text())["headline"]["acc"] == pytest.approx(acc)
 
+    from eval.benchmarks.common import read_metrics, read_predictions
     from eval.report import load_run
+
+    for name in ("shapes_vqa", "shapes_mc"):  # metrics.json is a function of the predictions
+        recorded = read_metrics(out / name)
+        assert lmms.score(read_predictions(out / name), recorded["config"]) == recorded
 
     assert load_run(out) == pytest.approx({"vqa_shapes_mc/acc": acc,
                                            "vqa_shapes_vqa/exact_match": vqa["headline"]["exact_match"]})
@@ -292,8 +299,12 @@ def test_real_task_configs_run_on_local_hub_layout_copies(zoo, tmp_path, dataset
     tasks = ["pope", "gqa", "scienceqa_img", "textvqa_val", "mme"]
     metrics = lmms.evaluate(zoo.llava, tasks, data, tmp_path / "run", batch_size=4)
     specs = lmms.task_specs()
+    from eval.benchmarks.common import read_metrics
+
     for name in tasks:
         predictions = _predictions(tmp_path / "run" / name)
+        recorded = read_metrics(tmp_path / "run" / name)
+        assert lmms.score(predictions, recorded["config"]) == recorded, name
         assert len(predictions) == metrics[name]["samples"] == 4, name
         assert set(metrics[name]["headline"]) == set(specs[name]["headline"])
         assert all(value is not None for value in metrics[name]["headline"].values()), name
