@@ -18,8 +18,14 @@ from pathlib import Path
 import torch
 
 from llava_plugin.llava import (
-    IMAGE_TOKEN, MM_PROJECTOR_KEYS, PROJECTORS, add_image_token, assemble_llava, feature_strategy,
-    greedy_generation_config, llava_config, llava_processor,
+    IMAGE_TOKEN,
+    MM_PROJECTOR_KEYS,
+    PROJECTORS,
+    assemble_llava,
+    feature_strategy,
+    greedy_generation_config,
+    llava_config,
+    llava_processor,
 )
 
 
@@ -353,5 +359,14 @@ def _write_original_tokenizer(tokenizer, source: Path, out: Path) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
-__all__ = ["llava_original_to_hf", "llava_hf_to_original", "load_original_llava", "save_llava_original",
-           "read_state_dict", "original_config", "LlavaConversionError", "MM_PROJECTOR_KEYS", "feature_strategy"]
+__all__ = [
+    "MM_PROJECTOR_KEYS",
+    "LlavaConversionError",
+    "feature_strategy",
+    "llava_hf_to_original",
+    "llava_original_to_hf",
+    "load_original_llava",
+    "original_config",
+    "read_state_dict",
+    "save_llava_original",
+]

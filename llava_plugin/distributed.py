@@ -36,7 +36,7 @@ def init() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     import deepspeed
-    import deepspeed.comm.torch  # noqa: F401
+    import deepspeed.comm.torch
 
     if os.environ.get(SKIP_SHM_ENV) == "1":
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
@@ -58,7 +58,7 @@ def is_main() -> bool:
 
 def device() -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
 

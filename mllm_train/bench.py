@@ -4,8 +4,9 @@ gradient checkpointing off/on x random/length-grouped micro-batches.
     python -m mllm_train bench --vision-tower SPEC --llm DIR --data JSON --image-folder DIR \\
         [--preset llava15-7b-finetune] [--steps 10] [--json OUT.json]
 
-Each variant runs in its own process (so its peak memory is its own: CUDA max allocated, or
-the process's peak RSS on CPU) on the same model, data and micro-batch size: a finetune step
+Each variant runs in its own process (so its peak memory is its own: CUDA max allocated; on
+CPU the process's peak RSS, and `step_peak_growth_mb`, how far the training steps raised it
+above the peak reached while loading) on the same model, data and micro-batch size: a finetune step
 (LLM + projector train, plain AdamW, no DeepSpeed) on the first `--steps` micro-batches of
 that batching. `random` cuts a seeded shuffle into micro-batches; `grouped` sorts megabatches
 of `--group-mult` micro-batches by length first (mllm_train.data's sampler), so a micro-batch
@@ -21,6 +22,7 @@ import random
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 VARIANTS = [(gc, batching) for batching in ("random", "grouped") for gc in (False, True)]
 
@@ -42,14 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def micro_batches(lengths: list[int], has_image: list[bool], batch: int, batching: str, count: int,
                   seed: int, group_mult: int) -> list[list[int]]:
-    """The first `count` micro-batches of one batching, each of one modality."""
+    """The first `count` full micro-batches of one batching, each of one modality."""
     from mllm_train.data import ModalityLengthGroupedBatchSampler
 
     if batching == "grouped":
-        sampler = ModalityLengthGroupedBatchSampler(lengths, has_image, batch, seed=seed, megabatch_mult=group_mult)
+        sampler = ModalityLengthGroupedBatchSampler(lengths, has_image, batch, seed=seed, megabatch_mult=group_mult,
+                                                    drop_last=True)
         batches = [step[0] for step in sampler.steps()]
     elif batching == "random":
-        sampler = ModalityLengthGroupedBatchSampler(lengths, has_image, batch, seed=seed, megabatch_mult=1)
+        sampler = ModalityLengthGroupedBatchSampler(lengths, has_image, batch, seed=seed, megabatch_mult=1,
+                                                    drop_last=True)
         batches = [step[0] for step in sampler.steps()]  # megabatch of one batch: a plain shuffle per modality
         rng = random.Random(seed)
         rng.shuffle(batches)
@@ -64,7 +68,7 @@ def run_variant(spec: dict) -> dict:
     """One variant, in the current process: build, run the micro-batches, measure."""
     import torch
 
-    from mllm_train.config import from_dict, TrainConfig
+    from mllm_train.config import TrainConfig, from_dict
     from mllm_train.conversation import get_template
     from mllm_train.data import Collator, LlavaDataset, default_pad_token_id
     from mllm_train.model import build_model, param_groups, unwrap
@@ -84,6 +88,7 @@ def run_variant(spec: dict) -> dict:
     losses, real, padded, seconds = [], 0, 0, 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    rss_before = _max_rss_bytes()
     for i, indices in enumerate(batches):
         batch = collate([dataset[j] for j in indices])
         batch = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
@@ -102,14 +107,23 @@ def run_variant(spec: dict) -> dict:
         seconds += time.perf_counter() - start
         real += int(batch["attention_mask"].sum())
         padded += batch["attention_mask"].numel()
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if device.type == "cuda":
+        peak, growth = torch.cuda.max_memory_allocated(), None
+    else:
+        peak = _max_rss_bytes()
+        growth = round((peak - rss_before) / 2 ** 20, 1)
     return {"gradient_checkpointing": spec["gradient_checkpointing"], "batching": spec["batching"],
             "steps": len(batches) - 1, "real_tokens": real, "padded_tokens": padded,
             "pad_fraction": round(1 - real / padded, 4), "seconds": round(seconds, 4),
             "tokens_per_s": round(real / seconds, 1), "peak_memory_mb": round(peak / 2 ** 20, 1),
             "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
+            "step_peak_growth_mb": growth,
             "first_loss": losses[0], "device": device.type}
+
+
+def _max_rss_bytes() -> int:
+    """The process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def bench(config: dict, steps: int, group_mult: int) -> list[dict]:
@@ -121,17 +135,17 @@ def bench(config: dict, steps: int, group_mult: int) -> list[dict]:
         variant_config.setdefault("model", {})["gradient_checkpointing"] = gc
         spec = {"config": variant_config, "batching": batching, "gradient_checkpointing": gc, "steps": steps,
                 "group_mult": group_mult}
-        with context.Pool(1) as pool:
-            results.append(pool.apply(run_variant, (spec,)))
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            results.append(pool.submit(run_variant, spec).result())
     return results
 
 
 def table(results: list[dict]) -> str:
-    columns = ["batching", "gradient_checkpointing", "tokens_per_s", "peak_memory_mb", "pad_fraction",
-               "real_tokens", "seconds"]
+    columns = ["batching", "gradient_checkpointing", "tokens_per_s", "peak_memory_mb", "step_peak_growth_mb",
+               "pad_fraction", "real_tokens", "seconds"]
     rows = [[str(r[c]) for c in columns] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
-    line = lambda cells: "| " + " | ".join(cell.ljust(w) for cell, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(cell.ljust(w) for cell, w in zip(cells, widths)) + " |"
     return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 

@@ -14,8 +14,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from llava_plugin.config import (ConfigError, deep_merge, from_dict, help_text, list_presets, load_yaml_preset,
-                                 to_dict)
+from llava_plugin.config import (
+    ConfigError,
+    deep_merge,
+    from_dict,
+    help_text,
+    list_presets,
+    load_yaml_preset,
+    to_dict,
+)
 from mllm_train.data import DataConfig
 
 PRESET_DIR = Path(str(resources.files("mllm_train") / "configs"))
@@ -170,5 +177,16 @@ def help_lines() -> list[str]:
     return help_text(TrainConfig)
 
 
-__all__ = ["TrainConfig", "ModelConfig", "LoraConfig", "OptimConfig", "DataConfig", "load_config", "presets",
-           "help_lines", "deepspeed_json", "ConfigError", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "deepspeed_json",
+    "help_lines",
+    "load_config",
+    "presets",
+    "to_dict",
+]

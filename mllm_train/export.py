@@ -103,4 +103,4 @@ def export_llava(engine, processor, out_dir: str | Path, *, lora_scaling: float 
     return out
 
 
-__all__ = ["export_llava", "merge_lora_state", "materialize", "MM_PROJECTOR_FILE"]
+__all__ = ["MM_PROJECTOR_FILE", "export_llava", "materialize", "merge_lora_state"]

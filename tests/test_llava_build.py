@@ -6,8 +6,14 @@ import torch
 from PIL import Image
 
 from llava_plugin.llava import (
-    MM_PROJECTOR_KEYS, VICUNA_V1_SYSTEM, build_llava, load_llava, load_mm_projector, read_mm_projector,
-    save_llava, write_mm_projector,
+    MM_PROJECTOR_KEYS,
+    VICUNA_V1_SYSTEM,
+    build_llava,
+    load_llava,
+    load_mm_projector,
+    read_mm_projector,
+    save_llava,
+    write_mm_projector,
 )
 from llava_plugin.registry import load_tower
 

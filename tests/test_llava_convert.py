@@ -7,7 +7,11 @@ import torch
 from PIL import Image
 
 from llava_plugin.convert_llava import (
-    LlavaConversionError, llava_hf_to_original, llava_original_to_hf, read_state_dict, save_llava_original,
+    LlavaConversionError,
+    llava_hf_to_original,
+    llava_original_to_hf,
+    read_state_dict,
+    save_llava_original,
 )
 from llava_plugin.llava import checkpoint_format, load_llava
 

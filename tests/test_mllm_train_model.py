@@ -152,7 +152,7 @@ def test_plan_is_world_size_invariant():
             accumulation = 4 // world
             for s in range(len(plan) - 1):
                 step = [per_rank[r][s * accumulation + a] for a in range(accumulation) for r in range(world)]
-                assert sorted(sum(step, [])) == sorted(sum(plan[s + 1], []))
+                assert sorted(i for batch in step for i in batch) == sorted(i for batch in plan[s + 1] for i in batch)
         if grouped:
             assert all(len({has_image[i] for batch in step for i in batch}) == 1 for step in plan)
 

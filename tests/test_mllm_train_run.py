@@ -11,10 +11,10 @@ from PIL import Image
 
 os.environ.setdefault("GENFEEDBACK_SKIP_SHM_OP", "1")  # skip DeepSpeed's ~80 s CPU shm op compile
 
-from llava_plugin.llava import build_llava, read_mm_projector  # noqa: E402
-from llava_plugin.registry import load_tower  # noqa: E402
-from mllm_train.config import load_config  # noqa: E402
-from mllm_train.trainer import METRICS_FILE, Trainer  # noqa: E402
+from llava_plugin.llava import build_llava, read_mm_projector
+from llava_plugin.registry import load_tower
+from mllm_train.config import load_config
+from mllm_train.trainer import METRICS_FILE, Trainer
 
 PROJECTOR = "model.multi_modal_projector."
 TOWER = "model.vision_tower."
@@ -151,14 +151,14 @@ def test_cli_pretrain_and_import_original(zoo, tmp_path):
            "--vision-tower", f"open_clip:{zoo.open_clip}", "--llm", str(zoo.llm),
            "--data", str(zoo.data["llava_pretrain"]), "--image-folder", str(zoo.data["llava_pretrain_images"]),
            "--output", str(tmp_path / "run"), "--max-steps", "2", "--set", "optim.lr=1e-3"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary == {"export": str(tmp_path / "run" / "llava"), "step": 2, "total_steps": 2}
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["optim"]["lr"] == 1e-3 and config["model"]["vision_tower"] == f"open_clip:{zoo.open_clip}"
 
-    bad = subprocess.run(cmd[:-2] + ["--set", "optim.lrr=1"], capture_output=True, text=True, env=env, timeout=600)
+    bad = subprocess.run(cmd[:-2] + ["--set", "optim.lrr=1"], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2 and "did you mean" in bad.stderr
 
     from mllm_train.__main__ import main
@@ -179,7 +179,7 @@ def test_zero3_two_processes_match_one(zoo, tmp_path):
                "-m", "mllm_train", "finetune", "--preset", "tiny-finetune", "--deepspeed", "zero3",
                "--vision-tower", str(zoo.clip), "--llm", str(zoo.llm), "--data", str(zoo.data["llava_finetune"]),
                "--image-folder", str(zoo.data["llava_image_folder"]), "--output", str(out), "--max-steps", "3"]
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=900)
         assert result.returncode == 0, result.stderr[-4000:]
         return out
 

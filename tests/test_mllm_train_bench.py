@@ -1,0 +1,70 @@
+"""mllm_train bench: the batchings it compares, one measured variant, and the full CLI table."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mllm_train.bench import micro_batches, run_variant, table
+
+
+def _padding(batches, lengths):
+    return sum(max(lengths[i] for i in batch) * len(batch) - sum(lengths[i] for i in batch) for batch in batches)
+
+
+def test_grouped_batches_carry_less_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 300) for _ in range(400)]
+    has_image = [rng.random() < 0.8 for _ in range(400)]
+    count = 90
+    grouped = micro_batches(lengths, has_image, 4, "grouped", count, seed=1, group_mult=8)
+    plain = micro_batches(lengths, has_image, 4, "random", count, seed=1, group_mult=8)
+    for batches in (grouped, plain):
+        assert len(batches) == count and all(len(b) == 4 for b in batches)
+        assert all(len({has_image[i] for i in b}) == 1 for b in batches)  # one modality per micro-batch
+    assert _padding(grouped, lengths) < 0.5 * _padding(plain, lengths)
+    with pytest.raises(ValueError, match="gives 99 micro-batches of 4; the bench needs 100"):
+        micro_batches(lengths, has_image, 4, "random", 100, seed=1, group_mult=8)
+
+
+def test_checkpointing_changes_speed_not_math(zoo):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    config = {"stage": "finetune", "template": "vicuna_v1", "output_dir": "unused",
+              "model": {"vision_tower": str(zoo.clip), "llm": str(zoo.llm)},
+              "data": {"data_path": str(zoo.data["llava_finetune"]), "image_folder": str(zoo.data["llava_image_folder"]),
+                       "max_length": 256},
+              "global_batch_size": 2, "micro_batch_size": 2, "precision": "fp32"}
+    try:
+        results = []
+        for gc in (False, True):
+            spec = {"config": {**config, "model": {**config["model"], "gradient_checkpointing": gc}},
+                    "batching": "grouped", "gradient_checkpointing": gc, "steps": 2, "group_mult": 4}
+            results.append(run_variant(spec))
+    finally:
+        torch.set_num_threads(threads)
+    off, on = results
+    assert (off["real_tokens"], off["padded_tokens"]) == (on["real_tokens"], on["padded_tokens"]) and off["real_tokens"] > 0
+    assert off["first_loss"] == pytest.approx(on["first_loss"], abs=1e-6)
+    assert off["tokens_per_s"] > 0 and off["peak_memory_mb"] > 0 and off["steps"] == 2
+    rendered = table(results).splitlines()
+    assert rendered[0].startswith("| batching") and len(rendered) == 4
+
+
+@pytest.mark.slow
+def test_bench_cli_runs_every_variant(zoo, tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mllm_train", "bench", "--preset", "tiny-finetune", "--vision-tower", str(zoo.clip),
+           "--llm", str(zoo.llm), "--data", str(zoo.data["llava_finetune"]),
+           "--image-folder", str(zoo.data["llava_image_folder"]), "--steps", "2", "--group-mult", "4",
+           "--json", str(out)]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    variants = {(r["batching"], r["gradient_checkpointing"]) for r in payload["results"]}
+    assert variants == {("random", False), ("random", True), ("grouped", False), ("grouped", True)}
+    assert "| batching" in result.stdout
