@@ -92,8 +92,7 @@ def test_vae_branch_gets_minus_one_to_one_pixels_not_the_towers(zoo, method):
     batch = method.preprocess([Image.fromarray(pixels)])
     expected = torch.from_numpy(pixels).permute(2, 0, 1).float() * 2 / 255 - 1
     torch.testing.assert_close(batch["generator_pixels"][0], expected, rtol=0, atol=1e-6)
-    tower_pixels = method.tower.preprocess([Image.fromarray(pixels).resize((32, 32), Image.BICUBIC)])
-    torch.testing.assert_close(batch["pixel_values"], tower_pixels)
+    torch.testing.assert_close(batch["pixel_values"], method.tower.preprocess([Image.fromarray(pixels)]))
     assert (
         batch["pixel_values"].min() < -1.2 or batch["pixel_values"].max() > 1.2
     )  # CLIP's mean/std, not [-1, 1]
@@ -115,6 +114,21 @@ def test_vae_pixels_resize_shortest_side_then_centre_crop():
     crop = np.array(image.resize((32, 16), Image.BICUBIC))[:, 8:24]
     torch.testing.assert_close(got[0], torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1)
     assert got.shape == (2, 3, 16, 16) and torch.equal(got[1][0], got[1][2])  # greyscale -> RGB
+
+
+def test_both_branches_see_the_same_square_with_a_squashing_tower(zoo):
+    """SigLIP's processor squashes a non-square image; the VAE branch crops: both get the centre square."""
+    method = Diva(DivaConfig(), load_tower(str(zoo.siglip)), str(zoo.sd21))
+    image = Image.new("RGB", (48, 32), (255, 0, 0))
+    image.paste((0, 0, 255), (8, 0, 40, 32))  # red margins outside the centred 32 x 32 square
+    square = image.crop((8, 0, 40, 32))
+    batch = method.preprocess([image])
+    torch.testing.assert_close(batch["pixel_values"], method.tower.preprocess([square]))
+    assert not torch.allclose(batch["pixel_values"], method.tower.preprocess([image]))
+    torch.testing.assert_close(batch["generator_pixels"], vae_pixels([square], method.resolution))
+    with torch.no_grad():  # no CLS, no projection: the attention-pooled token leads the patches
+        tokens = method.encode_condition(batch)["tokens"]
+    assert tokens.shape == (1, 1 + 16, 32)
 
 
 def test_condition_is_cls_and_patches_through_post_ln_projection_and_projector(zoo, method):
@@ -187,6 +201,8 @@ def test_unknown_prediction_type_and_wrong_pipeline_are_refused(zoo, tmp_path):
         make(zoo, generator=zoo.unclip)
     with pytest.raises(GeneratorError, match="model_index.json"):
         make(zoo, generator=tmp_path)
+    with pytest.raises(GeneratorError, match="not loadable from the hub cache"):
+        make(zoo, generator="genfeedback-tests/not-a-cached-pipeline")
 
 
 def test_cached_targets_give_the_same_loss(zoo, tmp_path):

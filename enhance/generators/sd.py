@@ -62,6 +62,18 @@ def pipeline_class(path: Path) -> str:
     return json.loads((path / "model_index.json").read_text()).get("_class_name", "")
 
 
+def center_squares(images: Sequence[Image.Image]) -> list[Image.Image]:
+    """The largest centred square of each image, so that the tower and the VAE see the same
+    content whatever each processor does with non-square input (CLIP crops, SigLIP squashes)."""
+    out = []
+    for image in images:
+        w, h = image.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        out.append(image if w == h else image.crop((left, top, left + side, top + side)))
+    return out
+
+
 def vae_pixels(images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
     """The VAE's input: RGB, shortest side resized to `resolution` (bicubic), centre-cropped
     square, scaled to [-1, 1] as 2 * x / 255 - 1. [B, 3, R, R] float32.

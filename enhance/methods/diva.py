@@ -23,7 +23,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from enhance.generators.sd import GeneratorError, LatentDiffusion, per_sample_mse, randint, randn, vae_pixels
+from enhance.generators.sd import (
+    GeneratorError,
+    LatentDiffusion,
+    center_squares,
+    per_sample_mse,
+    randint,
+    randn,
+    vae_pixels,
+)
 from enhance.methods.base import Method, register_method
 from llava_plugin.config import ConfigError
 from llava_plugin.towers import VisionTower
@@ -108,10 +116,11 @@ class Diva(Method):
 
     # -- data side -------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Each branch normalised for its own model: the tower's processor, the VAE's [-1, 1]."""
+        """One centred square crop, normalised for each model: the tower's processor, the VAE's [-1, 1]."""
+        squares = center_squares(images)
         return {
-            "pixel_values": self.tower.preprocess(images),
-            "generator_pixels": vae_pixels(images, self.resolution),
+            "pixel_values": self.tower.preprocess(squares),
+            "generator_pixels": vae_pixels(squares, self.resolution),
         }
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from enhance.generators.sd import per_sample_mse, randn, vae_pixels
+from enhance.generators.sd import center_squares, per_sample_mse, randn, vae_pixels
 from enhance.generators.unclip import UnCLIPDiffusion
 from enhance.methods.base import Method, register_method
 from llava_plugin.config import ConfigError
@@ -75,10 +75,11 @@ class Un2Clip(Method):
 
     # -- data side -------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """Each branch normalised for its own model: the tower's processor, the VAE's [-1, 1]."""
+        """One centred square crop, normalised for each model: the tower's processor, the VAE's [-1, 1]."""
+        squares = center_squares(images)
         return {
-            "pixel_values": self.tower.preprocess(images),
-            "generator_pixels": vae_pixels(images, self.resolution),
+            "pixel_values": self.tower.preprocess(squares),
+            "generator_pixels": vae_pixels(squares, self.resolution),
         }
 
     @torch.no_grad()
