@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 
 from eval import lmms, mllm
+from eval.benchmarks.common import read_metrics, read_predictions
+from eval.report import load_run
 
 
 def _images(parquet):
@@ -210,9 +212,6 @@ def test_vqa_generate_and_multiple_choice_through_lmms_eval(zoo, llava, tmp_path
     assert metrics["shapes_mc"]["headline"]["acc"] == pytest.approx(acc)
     assert json.loads((out / "shapes_mc" / "metrics.json").read_text())["headline"]["acc"] == pytest.approx(acc)
 
-    from eval.benchmarks.common import read_metrics, read_predictions
-    from eval.report import load_run
-
     for name in ("shapes_vqa", "shapes_mc"):  # metrics.json is a function of the predictions
         recorded = read_metrics(out / name)
         assert lmms.score(read_predictions(out / name), recorded["config"]) == recorded
@@ -299,8 +298,6 @@ def test_real_task_configs_run_on_local_hub_layout_copies(zoo, tmp_path, dataset
     tasks = ["pope", "gqa", "scienceqa_img", "textvqa_val", "mme"]
     metrics = lmms.evaluate(zoo.llava, tasks, data, tmp_path / "run", batch_size=4)
     specs = lmms.task_specs()
-    from eval.benchmarks.common import read_metrics
-
     for name in tasks:
         predictions = _predictions(tmp_path / "run" / name)
         recorded = read_metrics(tmp_path / "run" / name)
