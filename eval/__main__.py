@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vqa", help="general VQA benchmarks through lmms-eval (implemented in eval.lmms)")
     p.add_argument("--model", required=True, help="HF Llava dir or original LLaVA-1.5 dir")
-    p.add_argument("--tasks", required=True, help="comma-separated lmms-eval task names")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated task names from eval/tasks/tasks.yaml (pope, gqa, scienceqa_img, textvqa_val, mme, "
+        "shapes_vqa, shapes_mc)",
+    )
     p.add_argument(
         "--data-root",
         required=True,
@@ -114,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="first N samples per task (debugging only)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument(
+        "--vision-tower",
+        default=None,
+        help="original LLaVA-1.5 checkpoints only: tower spec to load its mm_vision_tower from",
+    )
 
     p = sub.add_parser("rescore", help="recompute metrics from predictions.jsonl and check metrics.json")
     p.add_argument("results", type=Path, help="a results directory written by this CLI")

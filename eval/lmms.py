@@ -610,12 +610,16 @@ def check_against_lmms_eval(metrics: dict, task_results: dict, factors: dict) ->
 def run_vqa(args: argparse.Namespace) -> int:
     """`python -m eval vqa`: 0 on success; 1 with a message naming the log when lmms-eval failed."""
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    model_args = {"dtype": args.dtype}
+    if args.vision_tower is not None:
+        model_args["vision_tower"] = args.vision_tower
     try:
         metrics = evaluate(
             args.model,
             tasks,
             args.data_root,
             args.output,
+            model_args=model_args,
             batch_size=args.batch_size,
             limit=args.limit,
             device=args.device,
