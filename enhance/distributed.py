@@ -44,7 +44,8 @@ def init() -> None:
     import deepspeed
     import deepspeed.comm.torch  # noqa: F401  (`deepspeed.comm.torch` as an attribute is the torch package)
 
-    if os.environ.get(SKIP_SHM_ENV) == "1":
+    if os.environ.get(SKIP_SHM_ENV) == "1" or int(os.environ["WORLD_SIZE"]) == 1:
+        # one process has nothing to reduce; skip the op's minutes-long first JIT compile
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=datetime.timedelta(minutes=30))
