@@ -9,6 +9,7 @@ task configs so nothing is fetched from the hub at run time.
 callable returning one), not the model class: the entry point names `lmms_eval_models` below.
 `--model` is an HF Llava dir or an original LLaVA-1.5 dir (`llava_plugin.llava.load_llava`).
 Prompts and image preprocessing are LLaVA-1.5's (eval.mllm: vicuna_v1, pad to square).
+One process, one device (`--device cuda` for a GPU); a multi-rank launch is refused.
 - `generate_until`: batched greedy decoding, cut at the task's `until` strings.
 - `loglikelihood` (multiple-choice tasks): the image is passed with the prompt, and only the
   continuation's tokens are scored. Two 0.7.3 facts shape what is returned: its
@@ -115,6 +116,11 @@ class GenfeedbackLlava(lmms):
             raise TypeError(
                 f"{MODEL_NAME}: unknown model_args {sorted(unknown)}; "
                 "known: pretrained, device, dtype, batch_size, vision_tower"
+            )
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise RuntimeError(
+                f"{MODEL_NAME} runs in one process (no request sharding across ranks); launch lmms-eval "
+                "without accelerate/torchrun, e.g. through `python -m eval vqa`"
             )
         if max_batch_size is not None:
             raise ValueError(f"{MODEL_NAME}: automatic batch sizing is not supported; pass --batch_size N")

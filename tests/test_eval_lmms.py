@@ -310,3 +310,9 @@ def test_real_task_configs_run_on_local_hub_layout_copies(zoo, tmp_path, dataset
     accuracy = 100.0 * sum(p["correct"] for p in pope) / 4
     assert metrics["pope"]["headline"]["pope_accuracy"] == pytest.approx(accuracy)
     assert metrics["pope"]["accuracy_from_predictions"] == pytest.approx(accuracy)
+
+
+def test_model_refuses_a_multi_rank_launch(zoo, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="runs in one process"):
+        lmms.GenfeedbackLlava(pretrained=str(zoo.llava))
