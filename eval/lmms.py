@@ -29,7 +29,7 @@ small YAML per task (`<name>_local`: includes + `dataset_path: parquet` + absolu
 Preparing the data (once, on a machine with hub access): download each dataset repository in
 its hub layout under one DATA root, e.g.
 
-    huggingface-cli download lmms-lab/POPE --repo-type dataset --local-dir DATA/POPE
+    huggingface-cli download lmms-lab/POPE --repo-type dataset --local-dir DATA/POPE --include "data/*"
     huggingface-cli download lmms-lab/GQA --repo-type dataset --local-dir DATA/GQA \\
         --include "testdev_balanced_instructions/*" "testdev_balanced_images/*"
     huggingface-cli download lmms-lab/ScienceQA --repo-type dataset --local-dir DATA/ScienceQA \\
