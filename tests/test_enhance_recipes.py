@@ -61,7 +61,8 @@ def test_diva_latent_cache_matches_uncached(recipe_zoo, tmp_path):
     assert [r["loss"] for r in cached] == pytest.approx([r["loss"] for r in plain], rel=1e-4)
 
 
-@pytest.mark.parametrize("preset", ["tiny-genhancer", "tiny-genhancer-discrete"])
+@pytest.mark.parametrize("preset", ["tiny-genhancer",
+                                    pytest.param("tiny-genhancer-discrete", marks=pytest.mark.slow)])
 def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tmp_path, preset):
     from safetensors.torch import load_file
 
@@ -89,3 +90,18 @@ def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tm
     a = load_file(str(tmp_path / "full" / "vision_tower" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "vision_tower" / "model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+@pytest.mark.slow  # ~35 s: three full trainer setups
+def test_bench_measures_every_variant_side_by_side(recipe_zoo, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--presets", "tiny-genhancer", "--zoo", str(recipe_zoo.root), "--steps", "1",
+                 "--warmup", "1", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["rows"]] == ["plain", "cache", "checkpointing"]
+    assert result["memory_measure"].startswith(("VmHWM", "torch.cuda", "ru_maxrss"))
+    for row in result["rows"]:
+        assert row["images_per_s"] > 0 and row["peak_mb"] >= row["peak_over_baseline_mb"] >= 0
+        assert row["images"] == 8 and row["final_loss"] == row["final_loss"]
+    table = capsys.readouterr().out
+    assert "x plain" in table and "tiny-genhancer" in table and "VmHWM" in table
