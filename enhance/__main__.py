@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m enhance", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the `deepspeed` launcher passes --local_rank=N before the subcommand; the rank comes from the env anyway
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="post-train a tower with a method", formatter_class=argparse.RawDescriptionHelpFormatter,

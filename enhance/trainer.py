@@ -208,7 +208,8 @@ class Trainer:
         self.engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, client_state={"step": self.step}, save_latest=False)
         torch.save(_rng_state(), tmp / f"rng-rank{self.rank:05d}.pt")
         if distributed.is_main():
-            state = {"step": self.step, "world_size": self.world, "images_tried": self.images_tried,
+            state = {"step": self.step, "world_size": self.world, "run": self._run_identity(),
+                     "images_tried": self.images_tried,
                      "images_skipped": self.images_skipped, "bad_on_rank0": self.tracker.bad,
                      "noise_rng": "reseeded per micro-batch from (data.seed, global micro-batch index); "
                                   f"next micro-batch index {self.step * self.plan.micro_per_step}"}
@@ -223,8 +224,26 @@ class Trainer:
         distributed.barrier()
         return final
 
+    def _run_identity(self) -> dict:
+        """What a checkpoint must share with the run resuming it (else the resume is another run)."""
+        cfg = self.cfg
+        return {"method": cfg.method, "vision_tower": cfg.vision_tower, "generator": cfg.generator,
+                "data.source": cfg.data.source, "data.global_batch_size": cfg.data.global_batch_size,
+                "data.seed": cfg.data.seed, "data.shuffle": cfg.data.shuffle, "optim.name": cfg.optim.name}
+
     def _load_checkpoint(self, ckpt: Path) -> None:
         state = json.loads((ckpt / "trainer_state.json").read_text())
+        saved, now = state["run"], json.loads(json.dumps(self._run_identity()))
+        for key in now:
+            if saved.get(key) != now[key]:
+                raise ConfigError(
+                    f"checkpoint {ckpt} belongs to another run: its {key} is {saved.get(key)!r}, this run's is "
+                    f"{now[key]!r}. Use a new --output, or --set checkpointing.resume=none to start over")
+        if distributed.is_main() and (self.out / METRICS_FILE).is_file():
+            # drop rows logged after the checkpoint (a run killed between checkpoints), so the curve has no repeats
+            lines = (self.out / METRICS_FILE).read_text().splitlines()
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= state["step"]]
+            (self.out / METRICS_FILE).write_text("".join(line + "\n" for line in kept))
         _, client = self.engine.load_checkpoint(str(ckpt), tag=ENGINE_TAG, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
         self.step = int(client["step"]) if client else int(state["step"])

@@ -89,7 +89,10 @@ def _weights_base(zoo):
 
 @pytest.mark.slow
 def test_zero3_bf16_exports_fp32_master_weights(dist_zoo, tmp_path):
-    rows = run_enhance(dist_zoo, tmp_path / "bf16", 2, "zero3", "--set", "precision.dtype=bf16")
+    rows = run_enhance(dist_zoo, tmp_path / "bf16", 2, "zero3", "--set", "precision.dtype=bf16",
+                       "--set", "logging.diagnose_images=4")  # the start-of-run gap check on partitioned params
+    assert rows[0]["event"] == "diagnosis" and rows[0]["loss"] > 0
+    rows = rows[1:]
     assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
     weights = _weights(tmp_path / "bf16")
     assert {str(v.dtype) for v in weights.values()} == {"torch.float32"}

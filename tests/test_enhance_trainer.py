@@ -175,3 +175,29 @@ def test_diagnose_cli_writes_json_and_table(loop_zoo, tmp_path, capsys):
           "--data", str(loop_zoo.data["scenes"]), "--num-images", "8", "--bands", "3", "--batch-size", "4",
           "--output", str(tmp_path / "again.json")])
     assert json.loads((tmp_path / "again.json").read_text())["bands"] == result["bands"]
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(loop_zoo, tmp_path):
+    plain = Trainer(tiny_cfg(loop_zoo, tmp_path / "plain", schedule={"max_steps": 2},
+                             checkpointing={"every_steps": 0})).fit()
+    trainer = Trainer(tiny_cfg(loop_zoo, tmp_path / "ckpt", schedule={"max_steps": 2},
+                               checkpointing={"every_steps": 0}, precision={"gradient_checkpointing": True}))
+    ckpt = trainer.fit()
+    assert trainer.method.tower.model.is_gradient_checkpointing
+    assert [r["loss"] for r in read_metrics(tmp_path / "ckpt")] == pytest.approx(
+        [r["loss"] for r in read_metrics(tmp_path / "plain")], rel=1e-6)
+    assert ckpt["final_metrics"]["loss"] == pytest.approx(plain["final_metrics"]["loss"], rel=1e-6)
+
+
+def test_resume_refuses_another_runs_checkpoint_and_drops_unsaved_rows(loop_zoo, tmp_path):
+    from enhance.config import ConfigError
+
+    out = tmp_path / "run"
+    first = Trainer(tiny_cfg(loop_zoo, out)).setup()
+    first.train(num_steps=3)  # checkpoint at 2, then step 3 logged but never checkpointed ("killed")
+    del first
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    with pytest.raises(ConfigError, match=r"another run: its data.global_batch_size is 8, this run's is 16"):
+        Trainer(tiny_cfg(loop_zoo, out, data={"global_batch_size": 16})).setup()
+    resumed = Trainer(tiny_cfg(loop_zoo, out)).setup()
+    assert resumed.step == 2 and [r["step"] for r in read_metrics(out)] == [1, 2]
