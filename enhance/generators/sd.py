@@ -15,7 +15,6 @@ reproducible from its seed and a cache of VAE posteriors changes nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,7 +41,10 @@ def resolve_pipeline_dir(spec: str | Path, expected: str) -> Path:
                 snapshot_download(
                     str(spec),
                     allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
-                    ignore_patterns=["*fp16*", "*non_ema*", "*ema-only*"],
+                    # weights a training step never loads: other precisions, the image encoder
+                    # the tower replaces, the safety checker
+                    ignore_patterns=["*fp16*", "*non_ema*", "*ema-only*", "image_encoder/*",
+                                     "safety_checker/*"],
                 )
             )
         except Exception as err:
@@ -56,10 +58,6 @@ def resolve_pipeline_dir(spec: str | Path, expected: str) -> Path:
             f"model_index.json); pass a local copy of {expected}"
         )
     return path
-
-
-def pipeline_class(path: Path) -> str:
-    return json.loads((path / "model_index.json").read_text()).get("_class_name", "")
 
 
 def center_squares(images: Sequence[Image.Image]) -> list[Image.Image]:
