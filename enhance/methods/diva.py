@@ -7,7 +7,10 @@ post-LayerNorm and visual projection, then a trainable Linear to the UNet's
 cross-attention width, added position-wise to the text embedding of the fixed prompt
 "a photo of a ." (upstream's empty class name in its "a photo of a {}." template).
 Upstream draws a fresh token choice, timestep and noise for each of its 2 passes per
-batch; here those are the `num_noise_draws` of one step, from the step's rng.
+batch; here those are the `num_noise_draws` of one step, from the step's rng, and their
+losses are averaged. (Upstream back-propagates the first pass inside `forward` and returns
+the second to the HF Trainer, which divides it by the 5 accumulation steps: the two draws
+end up weighted 1 : 1/5. We weight them equally.)
 
 Upstream encodes the posterior mean of the VAE (no sampling) and the loss is epsilon-MSE
 at t ~ U{0..999}; the target here follows the scheduler's prediction type, which for
@@ -47,7 +50,7 @@ def _help(text: str, default):
 class DivaConfig:
     num_noise_draws: int = _help(
         "Denoising draws per image per step, each with its own token choice, t and noise; their losses are "
-        "averaged (DIVA: 2 passes, whose gradients upstream sums: with SGD, lr x2 matches it).", 2)
+        "averaged (DIVA: 2 passes per batch; see the module docstring for how upstream weights them).", 2)
     num_patch_tokens: int = _help(
         "K patch tokens drawn at random (with replacement) next to the CLS token (DIVA: 76, so that CLS + 76 "
         "= the prompt's 77 text tokens).", 76)
