@@ -113,6 +113,7 @@ class TrainConfig:
     epochs: int = _help("Passes over the data (LLaVA-1.5: 1).", 1)
     max_steps: int = _help("Stop after this many optimizer steps (0: the epochs decide; `--max-steps`).", 0)
     precision: Literal["bf16", "fp32"] = _help("bf16 (LLaVA-1.5) or fp32; fp16 is not supported.", "bf16")
+    tf32: bool = _help("Allow TF32 matmuls on Ampere+ GPUs (LLaVA-1.5: true; no effect on CPU).", True)
     deepspeed: str = _help("zero2 / zero3 (shipped JSONs) or a DeepSpeed JSON path (`--deepspeed`); batch "
                            "sizes, precision and clipping are filled in from this config.", "zero2")
     group_by_modality_length: bool = _help("Steps that are all-image or all-text with length-balanced "

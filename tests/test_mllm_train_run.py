@@ -28,6 +28,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def subprocess_env() -> dict:
+    """This environment minus the process-group variables an in-process run may have set
+    (a child would otherwise try to join this process's group)."""
+    group_vars = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in group_vars}
+    return {**env, "OMP_NUM_THREADS": "1", "GENFEEDBACK_SKIP_SHM_OP": "1"}
+
+
 def stage_config(zoo, out, stage, tower, *, preset=None, **extra):
     data = "llava_pretrain" if stage == "pretrain" else "llava_finetune"
     images = "llava_pretrain_images" if stage == "pretrain" else "llava_image_folder"
@@ -146,7 +154,7 @@ def test_resume_refuses_a_different_run(zoo, tmp_path):
 
 
 def test_cli_pretrain_and_import_original(zoo, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENFEEDBACK_SKIP_SHM_OP": "1"}
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "mllm_train", "pretrain", "--preset", "tiny-pretrain",
            "--vision-tower", f"open_clip:{zoo.open_clip}", "--llm", str(zoo.llm),
            "--data", str(zoo.data["llava_pretrain"]), "--image-folder", str(zoo.data["llava_pretrain_images"]),
@@ -171,7 +179,7 @@ def test_cli_pretrain_and_import_original(zoo, tmp_path):
 @pytest.mark.slow
 def test_zero3_two_processes_match_one(zoo, tmp_path):
     """ZeRO-3 finetune on 2 ranks (1 micro-batch each) == 1 rank (2 accumulated micro-batches)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENFEEDBACK_SKIP_SHM_OP": "1"}
+    env = subprocess_env()
 
     def run(nproc):
         out = tmp_path / f"world{nproc}"
@@ -190,3 +198,31 @@ def test_zero3_two_processes_match_one(zoo, tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
     loss = [[json.loads(line)["loss"] for line in (out / METRICS_FILE).read_text().splitlines()] for out in (one, two)]
     assert loss[0] == pytest.approx(loss[1], rel=1e-5)
+
+
+def test_finetune_from_an_original_llava_checkpoint(zoo, tmp_path):
+    """model.init_from: continue from an original LLaVA-1.5 dir (converted on load)."""
+    cfg = stage_config(zoo, tmp_path, "finetune", "", max_steps=2, model={"init_from": str(zoo.llava_original),
+                                                                         "llm": ""})
+    out = Trainer(cfg).fit()
+    start, trained = load_state(zoo.llava), load_state(out)
+    assert sorted(start) == sorted(trained)
+    assert all(torch.equal(trained[k], start[k]) for k in start if k.startswith(TOWER))
+    assert not torch.equal(trained["lm_head.weight"], start["lm_head.weight"])
+
+
+def test_bf16_with_gradient_checkpointing(zoo, tmp_path):
+    """The paper-scale settings (bf16, gradient checkpointing) on the tiny model."""
+    cfg = stage_config(zoo, tmp_path, "pretrain", str(zoo.siglip), max_steps=2, precision="bf16",
+                       model={"gradient_checkpointing": True})
+    trainer = Trainer(cfg)
+    out = trainer.fit()
+    assert unwrap_dtype(trainer) == torch.bfloat16
+    lines = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert len(lines) == 2 and all(torch.isfinite(torch.tensor(line["loss"])) for line in lines)
+    state = load_state(out)
+    assert state[PROJECTOR + "linear_1.weight"].dtype == torch.bfloat16
+
+
+def unwrap_dtype(trainer):
+    return next(trainer.engine.module.parameters()).dtype
