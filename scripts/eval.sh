@@ -103,6 +103,11 @@ for b in "${todo[@]}"; do
     vqa) "$GF_PY" -m eval vqa --model "$model" --tasks "$vqa_tasks" --data-root "$vqa_root" --output "$out" \
            "${extra[@]}" ;;
   esac
-  require_path "$b metrics" "$out/metrics.json"
+  if [[ "$b" == vqa ]]; then  # one results directory per lmms-eval task
+    IFS=, read -r -a tasks <<<"$vqa_tasks"
+    for t in "${tasks[@]}"; do require_path "vqa metrics of $t" "$out/$t/metrics.json"; done
+  else
+    require_path "$b metrics" "$out/metrics.json"
+  fi
 done
 log "results in $output"
