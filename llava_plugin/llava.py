@@ -162,6 +162,10 @@ def assemble_llava(config, tower: VisionTower, language_model, lm_head, projecto
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
     dtype = language_model.dtype
+    if language_model.get_input_embeddings().num_embeddings != config.text_config.vocab_size:
+        raise ValueError(f"language model has {language_model.get_input_embeddings().num_embeddings} embeddings "
+                         f"but the config says vocab_size={config.text_config.vocab_size}")
+    config.text_config = language_model.config  # one config object, as from_pretrained gives (use_cache, ...)
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     vision = AutoModel.from_config(config.vision_config)
@@ -178,9 +182,6 @@ def assemble_llava(config, tower: VisionTower, language_model, lm_head, projecto
     meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if meta:
         raise RuntimeError(f"assembled Llava still has unset tensors: {meta[:5]}")
-    if language_model.get_input_embeddings().num_embeddings != config.text_config.vocab_size:
-        raise ValueError(f"language model has {language_model.get_input_embeddings().num_embeddings} embeddings "
-                         f"but the config says vocab_size={config.text_config.vocab_size}")
     return model.eval()
 
 

@@ -1,5 +1,5 @@
 """Throughput and peak memory of LLaVA training steps, side by side:
-gradient checkpointing off/on x random/length-grouped micro-batches.
+gradient checkpointing off/on x random / length-grouped / length-grouped and packed micro-batches.
 
     python -m mllm_train bench --vision-tower SPEC --llm DIR --data JSON --image-folder DIR \\
         [--preset llava15-7b-finetune] [--steps 10] [--json OUT.json]
@@ -10,8 +10,9 @@ above the peak reached while loading) on the same model, data and micro-batch si
 (LLM + projector train, plain AdamW, no DeepSpeed) on the first `--steps` micro-batches of
 that batching. `random` cuts a seeded shuffle into micro-batches; `grouped` sorts megabatches
 of `--group-mult` micro-batches by length first (mllm_train.data's sampler), so a micro-batch
-holds similar lengths and carries less padding. tokens/s counts real (non-pad) positions,
-image tokens included; the first step is warm-up and not timed.
+holds similar lengths and carries less padding; `grouped_packed` concatenates those micro-batches
+into one row each (mllm_train.packing), with no padding at all. tokens/s counts real (non-pad) positions,
+image tokens included (`positions` adds the padding); the first step is warm-up and not timed.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-VARIANTS = [(gc, batching) for batching in ("random", "grouped") for gc in (False, True)]
+BATCHINGS = ("random", "grouped", "grouped_packed")
+VARIANTS = [(gc, batching) for batching in BATCHINGS for gc in (False, True)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +49,7 @@ def micro_batches(lengths: list[int], has_image: list[bool], batch: int, batchin
     """The first `count` full micro-batches of one batching, each of one modality."""
     from mllm_train.data import ModalityLengthGroupedBatchSampler
 
-    if batching == "grouped":
+    if batching in ("grouped", "grouped_packed"):
         sampler = ModalityLengthGroupedBatchSampler(lengths, has_image, batch, seed=seed, megabatch_mult=group_mult,
                                                     drop_last=True)
         batches = [step[0] for step in sampler.steps()]
@@ -58,7 +60,7 @@ def micro_batches(lengths: list[int], has_image: list[bool], batch: int, batchin
         rng = random.Random(seed)
         rng.shuffle(batches)
     else:
-        raise ValueError(f"batching {batching!r}: expected random or grouped")
+        raise ValueError(f"batching {batching!r}: expected one of {BATCHINGS}")
     if len(batches) < count:
         raise ValueError(f"the data gives {len(batches)} micro-batches of {batch}; the bench needs {count}")
     return batches[:count]
@@ -72,20 +74,22 @@ def run_variant(spec: dict) -> dict:
     from mllm_train.conversation import get_template
     from mllm_train.data import Collator, LlavaDataset, default_pad_token_id
     from mllm_train.model import build_model, param_groups, unwrap
+    from mllm_train.packing import PackedCollator, num_positions
 
     cfg = from_dict(TrainConfig, spec["config"])
     model, processor = build_model(cfg)
     llava = unwrap(model)
     dataset = LlavaDataset(cfg.data, processor.tokenizer, get_template(cfg.template), processor.image_processor,
                            image_token_id=llava.config.image_token_id, num_image_tokens=llava.config.image_seq_length)
-    collate = Collator(default_pad_token_id(processor.tokenizer))
+    collate = (PackedCollator() if spec["batching"] == "grouped_packed"
+               else Collator(default_pad_token_id(processor.tokenizer)))
     batches = micro_batches(dataset.lengths, dataset.has_image, cfg.micro_batch_size, spec["batching"],
                             spec["steps"] + 1, cfg.seed, spec["group_mult"])
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim))
     dtype = next(model.parameters()).dtype
-    losses, real, padded, seconds = [], 0, 0, 0.0
+    losses, real, positions, seconds = [], 0, 0, 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = _max_rss_bytes()
@@ -95,7 +99,7 @@ def run_variant(spec: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loss = model(**batch).loss
+        loss = model(**batch, use_cache=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -105,16 +109,17 @@ def run_variant(spec: dict) -> dict:
         if i == 0:
             continue  # warm-up
         seconds += time.perf_counter() - start
-        real += int(batch["attention_mask"].sum())
-        padded += batch["attention_mask"].numel()
+        batch_real, batch_positions = num_positions(batch)
+        real += batch_real
+        positions += batch_positions
     if device.type == "cuda":
         peak, growth = torch.cuda.max_memory_allocated(), None
     else:
         peak = _max_rss_bytes()
         growth = round((peak - rss_before) / 2 ** 20, 1)
     return {"gradient_checkpointing": spec["gradient_checkpointing"], "batching": spec["batching"],
-            "steps": len(batches) - 1, "real_tokens": real, "padded_tokens": padded,
-            "pad_fraction": round(1 - real / padded, 4), "seconds": round(seconds, 4),
+            "steps": len(batches) - 1, "real_tokens": real, "positions": positions,
+            "pad_fraction": round(1 - real / positions, 4), "seconds": round(seconds, 4),
             "tokens_per_s": round(real / seconds, 1), "peak_memory_mb": round(peak / 2 ** 20, 1),
             "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss",
             "step_peak_growth_mb": growth,
@@ -142,7 +147,7 @@ def bench(config: dict, steps: int, group_mult: int) -> list[dict]:
 
 def table(results: list[dict]) -> str:
     columns = ["batching", "gradient_checkpointing", "tokens_per_s", "peak_memory_mb", "step_peak_growth_mb",
-               "pad_fraction", "real_tokens", "seconds"]
+               "pad_fraction", "real_tokens", "seconds", "first_loss"]
     rows = [[str(r[c]) for c in columns] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     line = lambda cells: "| " + " | ".join(cell.ljust(w) for cell, w in zip(cells, widths)) + " |"

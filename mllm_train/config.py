@@ -116,6 +116,8 @@ class TrainConfig:
     tf32: bool = _help("Allow TF32 matmuls on Ampere+ GPUs (LLaVA-1.5: true; no effect on CPU).", True)
     deepspeed: str = _help("zero2 / zero3 (shipped JSONs) or a DeepSpeed JSON path (`--deepspeed`); batch "
                            "sizes, precision and clipping are filled in from this config.", "zero2")
+    pack_sequences: bool = _help("Concatenate each micro-batch into one row without padding (mllm_train.packing; "
+                                 "same loss, fewer positions computed). LLaVA-1.5 pads.", False)
     group_by_modality_length: bool = _help("Steps that are all-image or all-text with length-balanced "
                                            "micro-batches (LLaVA-1.5 finetune: true).", False)
     seed: int = _help("Seeds the data order (order = f(seed, epoch)) and the torch RNG.", 42)

@@ -93,7 +93,7 @@ def export_llava(engine, processor, out_dir: str | Path, *, lora_scaling: float 
         if lora_scaling is not None:
             state = merge_lora_state(state, lora_scaling)
         model = materialize(base.config, state)
-        model.config.use_cache = True
+        model.config.use_cache = model.config.get_text_config().use_cache = True
         model.generation_config = GenerationConfig.from_dict(base.generation_config.to_dict())
         model.generation_config.use_cache = True
         out = save_llava(model, processor, out_dir, metadata)

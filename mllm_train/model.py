@@ -57,13 +57,19 @@ def build_model(cfg: TrainConfig):
                                        seed=m.seed, attn_implementation=attn)
     if m.pretrained_projector:
         load_mm_projector(model, m.pretrained_projector)
-    model.config.use_cache = False  # no KV cache in training; export turns it back on
+    set_use_cache(model, False)  # no KV cache in training (it also disables packed masks); export turns it on
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     freeze_for(model, cfg.stage, lora=cfg.lora.enabled)
     return model, processor
+
+
+def set_use_cache(model, enabled: bool) -> None:
+    """Llava's own config and its language model's both decide whether a KV cache is built."""
+    model.config.use_cache = enabled
+    model.config.get_text_config().use_cache = enabled
 
 
 def llm_linear_names(model) -> list[str]:

@@ -37,6 +37,7 @@ from mllm_train.conversation import get_template
 from mllm_train.data import Collator, LlavaDataset, ModalityLengthGroupedBatchSampler, default_pad_token_id
 from mllm_train.export import export_llava
 from mllm_train.model import build_model, param_groups, training_dtype, unwrap
+from mllm_train.packing import PackedCollator, num_sequences
 
 logger = logging.getLogger("mllm_train")
 
@@ -145,7 +146,8 @@ class Trainer:
         self.dataset = LlavaDataset(
             cfg.data, self.processor.tokenizer, get_template(cfg.template), self.processor.image_processor,
             image_token_id=llava.config.image_token_id, num_image_tokens=llava.config.image_seq_length)
-        self.collator = Collator(default_pad_token_id(self.processor.tokenizer))
+        self.collator = (PackedCollator() if cfg.pack_sequences
+                         else Collator(default_pad_token_id(self.processor.tokenizer)))
         self.zero_stage = int(json.loads(deepspeed_json(cfg.deepspeed).read_text())
                               .get("zero_optimization", {}).get("stage", 0))
         mixed = len(set(self.dataset.has_image)) > 1
@@ -264,12 +266,12 @@ class Trainer:
                 break
             for index, batch in enumerate(self._loader(batches)):
                 batch = self._to_device(batch)
-                loss = engine(**batch).loss
+                loss = engine(**batch, use_cache=False).loss
                 engine.backward(loss)
                 engine.step()
                 acc["loss"] += float(loss.detach())
                 acc["tokens"] += float((batch["labels"] != -100).sum())
-                acc["samples"] += batch["input_ids"].shape[0]
+                acc["samples"] += num_sequences(batch)
                 acc["micro"] += 1
                 if (index + 1) % self.accumulation:
                     continue

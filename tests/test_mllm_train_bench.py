@@ -30,7 +30,7 @@ def test_grouped_batches_carry_less_padding():
         micro_batches(lengths, has_image, 4, "random", 100, seed=1, group_mult=8)
 
 
-def test_checkpointing_changes_speed_not_math(zoo):
+def test_checkpointing_and_packing_change_speed_not_math(zoo):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     config = {"stage": "finetune", "template": "vicuna_v1", "output_dir": "unused",
@@ -39,19 +39,22 @@ def test_checkpointing_changes_speed_not_math(zoo):
                        "max_length": 256},
               "global_batch_size": 2, "micro_batch_size": 2, "precision": "fp32"}
     try:
-        results = []
-        for gc in (False, True):
+        results = {}
+        for gc, batching in ((False, "grouped"), (True, "grouped"), (False, "grouped_packed")):
             spec = {"config": {**config, "model": {**config["model"], "gradient_checkpointing": gc}},
-                    "batching": "grouped", "gradient_checkpointing": gc, "steps": 2, "group_mult": 4}
-            results.append(run_variant(spec))
+                    "batching": batching, "gradient_checkpointing": gc, "steps": 2, "group_mult": 4}
+            results[gc, batching] = run_variant(spec)
     finally:
         torch.set_num_threads(threads)
-    off, on = results
-    assert (off["real_tokens"], off["padded_tokens"]) == (on["real_tokens"], on["padded_tokens"]) and off["real_tokens"] > 0
+    off, on, packed = results[False, "grouped"], results[True, "grouped"], results[False, "grouped_packed"]
+    assert (off["real_tokens"], off["positions"]) == (on["real_tokens"], on["positions"]) and off["real_tokens"] > 0
     assert off["first_loss"] == pytest.approx(on["first_loss"], abs=1e-6)
+    # packing: same samples and loss, no padding
+    assert packed["real_tokens"] == packed["positions"] == off["real_tokens"]
+    assert packed["pad_fraction"] == 0 and packed["first_loss"] == pytest.approx(off["first_loss"], abs=1e-5)
     assert off["tokens_per_s"] > 0 and off["peak_memory_mb"] > 0 and off["steps"] == 2
-    rendered = table(results).splitlines()
-    assert rendered[0].startswith("| batching") and len(rendered) == 4
+    rendered = table(list(results.values())).splitlines()
+    assert rendered[0].startswith("| batching") and len(rendered) == 5
 
 
 @pytest.mark.slow
@@ -66,5 +69,5 @@ def test_bench_cli_runs_every_variant(zoo, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(out.read_text())
     variants = {(r["batching"], r["gradient_checkpointing"]) for r in payload["results"]}
-    assert variants == {("random", False), ("random", True), ("grouped", False), ("grouped", True)}
+    assert variants == {(b, gc) for b in ("random", "grouped", "grouped_packed") for gc in (False, True)}
     assert "| batching" in result.stdout

@@ -226,3 +226,14 @@ def test_bf16_with_gradient_checkpointing(zoo, tmp_path):
 
 def unwrap_dtype(trainer):
     return next(trainer.engine.module.parameters()).dtype
+
+
+def test_packed_micro_batches_train_like_padded_ones(zoo, tmp_path):
+    losses = []
+    for pack in (False, True):
+        out = tmp_path / f"pack{pack}"
+        Trainer(stage_config(zoo, out, "finetune", str(zoo.clip), max_steps=3, pack_sequences=pack)).fit()
+        lines = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+        losses.append([line["loss"] for line in lines])
+        assert [line["samples"] for line in lines] == [4, 4, 4]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
