@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from eval import lmms, mllm
+from eval.benchmarks import rescore
 from eval.benchmarks.common import read_metrics, read_predictions
 from eval.report import load_run
 
@@ -215,6 +216,7 @@ def test_vqa_generate_and_multiple_choice_through_lmms_eval(zoo, llava, tmp_path
     for name in ("shapes_vqa", "shapes_mc"):  # metrics.json is a function of the predictions
         recorded = read_metrics(out / name)
         assert lmms.score(read_predictions(out / name), recorded["config"]) == recorded
+        assert rescore(out / name) == recorded  # what `python -m eval rescore` checks
 
     assert load_run(out) == pytest.approx({"vqa_shapes_mc/acc": acc,
                                            "vqa_shapes_vqa/exact_match": vqa["headline"]["exact_match"]})

@@ -19,9 +19,16 @@ BENCHMARKS = {
 }
 
 
+# lmms-eval tasks are recorded as "vqa_<task>"; eval.lmms rescores them from stored per-sample scores
+LMMS_PREFIX = "vqa_"
+
+
 def benchmark_module(name: str) -> ModuleType:
+    if name.startswith(LMMS_PREFIX):
+        return importlib.import_module("eval.lmms")
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; rescorable benchmarks: {sorted(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark {name!r}; rescorable benchmarks: {sorted(BENCHMARKS)} "
+                         f"and lmms-eval tasks ({LMMS_PREFIX}<task>)")
     return importlib.import_module(BENCHMARKS[name])
 
 
