@@ -24,6 +24,13 @@ class ConfigError(ValueError):
     """A config value or key that cannot be used; the message names the key and the fix."""
 
 
+def documented(text: str, default: Any = dataclasses.MISSING, factory=None):
+    """A dataclass field with its help text (shown by `help_text` and the CLIs' --help)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": text})
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     """Build dataclass `cls` from a (nested) dict, rejecting unknown keys and coercing scalars."""
     data = dict(data or {})

@@ -19,31 +19,20 @@ SD-2.1-base is epsilon. Unlike upstream, the VAE sees [-1, 1] pixels, not CLIP-n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from PIL import Image
 from torch import nn
 
-from enhance.generators.sd import (
-    GeneratorError,
-    LatentDiffusion,
-    center_squares,
-    per_sample_mse,
-    randint,
-    randn,
-    vae_pixels,
-)
-from enhance.methods.base import Method, register_method
+from enhance.generators.sd import GeneratorError, LatentDiffusion, randint
+from enhance.methods.base import register_method
+from enhance.methods.latent_diffusion import LatentDiffusionFeedback
 from llava_plugin.config import ConfigError
+from llava_plugin.config import documented as _help
 from llava_plugin.towers import VisionTower
 
 COMBINE_MODES = ("add_per_position", "add_to_prompt_mean")
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
@@ -83,30 +72,27 @@ class DivaConfig:
 
 
 @register_method
-class Diva(Method):
+class Diva(LatentDiffusionFeedback):
     name = "diva"
     config_cls = DivaConfig
 
     def __init__(self, cfg: DivaConfig, tower: VisionTower, generator: str):
         super().__init__(cfg, tower, generator)
         cfg.validate()
-        self.generator = LatentDiffusion(generator)
-        if self.generator.unet.config.class_embed_type is not None:
+        diffusion = LatentDiffusion(generator)
+        if diffusion.unet.config.class_embed_type is not None:
             raise GeneratorError(
-                f"generator {self.generator.path}: its UNet expects class labels "
-                f"({self.generator.unet.config.class_embed_type!r}; an unCLIP pipeline?); DIVA "
+                f"generator {diffusion.path}: its UNet expects class labels "
+                f"({diffusion.unet.config.class_embed_type!r}; an unCLIP pipeline?); DIVA "
                 "needs a text-to-image pipeline such as stable-diffusion-2-1-base"
             )
-        for name, module in self.generator.modules().items():
-            self.freeze(name, module)
+        self.hold_generator(diffusion)
         tower.model.requires_grad_(True)  # the whole tower trains, with the projector
         if not hasattr(tower.vision_model, "post_layernorm"):
             raise ValueError(
                 f"tower {tower.spec!r}: its vision model has no post_layernorm, which DIVA applies "
                 "to every condition token"
             )
-        # fixed for the whole run: a buffer (moves with the method, not a parameter, not saved)
-        self.register_buffer("prompt_embeds", self.generator.encode_prompt(cfg.prompt), persistent=False)
         prompt_len = self.prompt_embeds.shape[1]
         if cfg.combine == "add_per_position" and 1 + cfg.num_patch_tokens != prompt_len:
             raise ConfigError(
@@ -115,21 +101,6 @@ class Diva(Method):
                 f"{prompt_len} tokens; set num_patch_tokens={prompt_len - 1} or combine='add_to_prompt_mean'"
             )
         self.projector = nn.Linear(tower.sizes.embed_dim, self.generator.cross_attention_dim)
-        self.resolution = cfg.generator_resolution or self.generator.native_resolution
-
-    # -- data side -------------------------------------------------------------------------
-    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """One centred square crop, normalised for each model: the tower's processor, the VAE's [-1, 1]."""
-        squares = center_squares(images)
-        return {
-            "pixel_values": self.tower.preprocess(squares),
-            "generator_pixels": vae_pixels(squares, self.resolution),
-        }
-
-    @torch.no_grad()
-    def encode_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mean, logvar = self.generator.posterior(batch["generator_pixels"])
-        return {"latent_mean": mean, "latent_logvar": logvar}
 
     # -- model side ------------------------------------------------------------------------
     def encode_condition(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,21 +134,10 @@ class Diva(Method):
     ) -> torch.Tensor:
         tokens = condition["tokens"]
         batch_size, num_patches = tokens.shape[0], tokens.shape[1] - 1
-        draws, device = self.cfg.num_noise_draws, tokens.device
-        latents = self.generator.latents(
-            batch["latent_mean"].to(device), batch["latent_logvar"].to(device), rng, self.cfg.sample_latents
-        )
-        patch_ids = randint(num_patches, (draws, batch_size, self.cfg.num_patch_tokens), rng, device)
+        draws = self.cfg.num_noise_draws
+        patch_ids = randint(num_patches, (draws, batch_size, self.cfg.num_patch_tokens), rng, tokens.device)
         context = torch.cat([self.context(tokens, patch_ids[d]) for d in range(draws)])  # draw-major rows
-        latents = latents.repeat(draws, 1, 1, 1)
-        t = self.generator.timesteps(batch_size, draws, rng, device, fixed=timesteps)
-        noise = randn(latents.shape, rng, latents)
-        noisy = self.generator.add_noise(latents, noise, t)
-        pred = self.generator.denoise(noisy, t, context)
-        return per_sample_mse(pred, self.generator.target(latents, noise, t), draws)
-
-    def timestep_range(self) -> tuple[float, float]:
-        return 0.0, float(self.generator.num_train_timesteps)
+        return self.diffusion_loss(batch, context, draws, rng, timesteps)
 
     # -- what trains -----------------------------------------------------------------------
     def trainable_parameters(self) -> list[dict[str, Any]]:

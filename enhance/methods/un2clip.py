@@ -9,20 +9,16 @@ generator both hurt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
-from enhance.generators.sd import center_squares, per_sample_mse, randn, vae_pixels
 from enhance.generators.unclip import UnCLIPDiffusion
-from enhance.methods.base import Method, register_method
+from enhance.methods.base import register_method
+from enhance.methods.latent_diffusion import LatentDiffusionFeedback
 from llava_plugin.config import ConfigError
+from llava_plugin.config import documented as _help
 from llava_plugin.towers import VisionTower
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
@@ -52,40 +48,23 @@ class Un2ClipConfig:
 
 
 @register_method
-class Un2Clip(Method):
+class Un2Clip(LatentDiffusionFeedback):
     name = "un2clip"
     config_cls = Un2ClipConfig
 
     def __init__(self, cfg: Un2ClipConfig, tower: VisionTower, generator: str):
         super().__init__(cfg, tower, generator)
         cfg.validate()
-        self.generator = UnCLIPDiffusion(generator)
-        self.generator.check_embed_dim(tower.sizes.embed_dim, tower.spec)
-        levels = self.generator.image_noising_scheduler.config.num_train_timesteps
+        diffusion = UnCLIPDiffusion(generator)
+        diffusion.check_embed_dim(tower.sizes.embed_dim, tower.spec)
+        levels = diffusion.image_noising_scheduler.config.num_train_timesteps
         if cfg.noise_level >= levels:
             raise ConfigError(
                 f"method.noise_level={cfg.noise_level}: the generator's image noising schedule has "
                 f"{levels} levels (0..{levels - 1})"
             )
-        for name, module in self.generator.modules().items():
-            self.freeze(name, module)
+        self.hold_generator(diffusion)
         tower.model.requires_grad_(True)  # the whole tower trains; nothing else does
-        self.register_buffer("prompt_embeds", self.generator.encode_prompt(cfg.prompt), persistent=False)
-        self.resolution = cfg.generator_resolution or self.generator.native_resolution
-
-    # -- data side -------------------------------------------------------------------------
-    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        """One centred square crop, normalised for each model: the tower's processor, the VAE's [-1, 1]."""
-        squares = center_squares(images)
-        return {
-            "pixel_values": self.tower.preprocess(squares),
-            "generator_pixels": vae_pixels(squares, self.resolution),
-        }
-
-    @torch.no_grad()
-    def encode_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mean, logvar = self.generator.posterior(batch["generator_pixels"])
-        return {"latent_mean": mean, "latent_logvar": logvar}
 
     # -- model side ------------------------------------------------------------------------
     def encode_condition(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,19 +79,7 @@ class Un2Clip(Method):
         timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         embeds = condition["image_embeds"]
-        batch_size, draws, device = embeds.shape[0], self.cfg.num_noise_draws, embeds.device
-        latents = self.generator.latents(
-            batch["latent_mean"].to(device), batch["latent_logvar"].to(device), rng, self.cfg.sample_latents
-        ).repeat(draws, 1, 1, 1)  # draw-major rows
-        class_labels = self.generator.noise_image_embeddings(
-            embeds.repeat(draws, 1), self.cfg.noise_level, rng
-        )
-        context = self.prompt_embeds.expand(draws * batch_size, -1, -1)
-        t = self.generator.timesteps(batch_size, draws, rng, device, fixed=timesteps)
-        noise = randn(latents.shape, rng, latents)
-        noisy = self.generator.add_noise(latents, noise, t)
-        pred = self.generator.denoise(noisy, t, context, class_labels=class_labels)
-        return per_sample_mse(pred, self.generator.target(latents, noise, t), draws)
-
-    def timestep_range(self) -> tuple[float, float]:
-        return 0.0, float(self.generator.num_train_timesteps)
+        draws = self.cfg.num_noise_draws
+        class_labels = self.generator.noise_image_embeddings(embeds.repeat(draws, 1), self.cfg.noise_level, rng)
+        context = self.prompt_embeds.expand(draws * embeds.shape[0], -1, -1)
+        return self.diffusion_loss(batch, context, draws, rng, timesteps, class_labels=class_labels)

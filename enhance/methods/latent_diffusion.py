@@ -1,0 +1,62 @@
+"""What DIVA and un2CLIP share: a frozen latent-diffusion generator (SD-2.1 UNet + VAE) whose
+denoising loss, given the tower's condition, trains the tower.
+
+Both preprocess an image the same way (one centred square, normalised once for the tower and
+once into the VAE's [-1, 1]), cache the same targets (the VAE posterior's mean and log-variance)
+and run the same noising/denoising step; they differ only in how the condition reaches the
+UNet (cross-attention tokens vs `class_labels`).
+"""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from enhance.generators.sd import LatentDiffusion, center_squares, per_sample_mse, randn, vae_pixels
+from enhance.methods.base import Method
+
+
+class LatentDiffusionFeedback(Method):
+    """Base for methods over a frozen `LatentDiffusion` generator; subclasses call `hold_generator`."""
+
+    def hold_generator(self, generator: LatentDiffusion) -> None:
+        """Freeze every generator module, embed the method's fixed prompt once, fix the VAE resolution."""
+        self.generator = generator
+        for name, module in generator.modules().items():
+            self.freeze(name, module)
+        # fixed for the whole run: a buffer (moves with the method; not a parameter, not saved)
+        self.register_buffer("prompt_embeds", generator.encode_prompt(self.cfg.prompt), persistent=False)
+        self.resolution = self.cfg.generator_resolution or generator.native_resolution
+
+    # -- data side -------------------------------------------------------------------------
+    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """One centred square crop, normalised for each model: the tower's processor, the VAE's [-1, 1]."""
+        squares = center_squares(images)
+        return {
+            "pixel_values": self.tower.preprocess(squares),
+            "generator_pixels": vae_pixels(squares, self.resolution),
+        }
+
+    @torch.no_grad()
+    def encode_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mean, logvar = self.generator.posterior(batch["generator_pixels"])
+        return {"latent_mean": mean, "latent_logvar": logvar}
+
+    def timestep_range(self) -> tuple[float, float]:
+        return 0.0, float(self.generator.num_train_timesteps)
+
+    # -- the shared step -------------------------------------------------------------------
+    def diffusion_loss(self, batch: dict[str, torch.Tensor], context: torch.Tensor, draws: int,
+                       rng: torch.Generator | None, timesteps: torch.Tensor | None,
+                       class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample loss [B] of denoising the image's latents under `context` (and `class_labels`),
+        both with draw-major rows [draws * B, ...]; averaged over the draws."""
+        batch_size = context.shape[0] // draws
+        latents = self.generator.latents(
+            batch["latent_mean"].to(context.device), batch["latent_logvar"].to(context.device), rng,
+            self.cfg.sample_latents,
+        ).repeat(draws, 1, 1, 1)
+        t = self.generator.timesteps(batch_size, draws, rng, context.device, fixed=timesteps)
+        noise = randn(latents.shape, rng, latents)
+        noisy = self.generator.add_noise(latents, noise, t)
+        pred = self.generator.denoise(noisy, t, context, class_labels=class_labels)
+        return per_sample_mse(pred, self.generator.target(latents, noise, t), draws)
