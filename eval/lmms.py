@@ -78,7 +78,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.benchmarks.common import write_results
-from eval.mllm import IMAGE_TOKEN, expand_to_square, format_prompt, generate, load_mllm, mean_color
+from eval.mllm import IMAGE_TOKEN, format_prompt, generate, load_mllm, mean_color
+from llava_plugin.images import pad_to_square
 
 MODEL_NAME = "genfeedback_llava"
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -271,7 +272,7 @@ def score_continuations(
         texts = [prompt + continuations[i] for prompt, i in zip(prompts, batch)]
         lengths = [continuation_length(tokenizer, prompt, text) for prompt, text in zip(prompts, texts)]
         inputs = processor(
-            images=[expand_to_square(images[i], fill) for i in batch],
+            images=[pad_to_square(images[i], fill) for i in batch],
             text=texts,
             return_tensors="pt",
             padding=True,

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from llava_plugin import images as llava_images
 from llava_plugin.llava import IMAGE_TOKEN, VICUNA_V1_SYSTEM
 
 
@@ -35,19 +36,9 @@ def load_mllm(
     return model.eval(), processor
 
 
-def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
-    """Pad the shorter side symmetrically with `fill` (LLaVA-1.5's `image_aspect_ratio=pad`)."""
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    square = Image.new(image.mode, (side, side), fill)
-    square.paste(image, ((side - width) // 2, (side - height) // 2))
-    return square
-
-
 def mean_color(processor) -> tuple[int, int, int]:
-    return tuple(round(255 * m) for m in processor.image_processor.image_mean)
+    """The pad colour of a LlavaProcessor's images, exactly as training pads them."""
+    return llava_images.processor_mean_color(processor.image_processor)
 
 
 @torch.no_grad()
@@ -76,7 +67,7 @@ def generate(
     todo = [i for i, im in enumerate(images) if im is not None]
     for start in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch"):
         chunk = todo[start : start + batch_size]
-        batch_images = [expand_to_square(images[i], fill) if pad_to_square else images[i] for i in chunk]
+        batch_images = [llava_images.pad_to_square(images[i], fill) if pad_to_square else images[i] for i in chunk]
         inputs = processor(
             images=batch_images, text=[prompts[i] for i in chunk], return_tensors="pt", padding=True
         ).to(device)

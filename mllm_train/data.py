@@ -22,9 +22,18 @@ from typing import Literal
 import torch
 
 from llava_plugin.config import ConfigError
+from llava_plugin.images import pad_to_square, processor_mean_color
 from mllm_train.conversation import (
-    GPT, HUMAN, IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, BadSample, ChatTemplate, Turn,
-    check_turns, tokenize_conversation,
+    GPT,
+    HUMAN,
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    IMAGE_TOKEN_INDEX,
+    BadSample,
+    ChatTemplate,
+    Turn,
+    check_turns,
+    tokenize_conversation,
 )
 
 
@@ -140,26 +149,12 @@ def processor_output_size(processor) -> tuple[int, int]:
     raise ValueError(f"cannot tell the output size of {type(processor).__name__} (size={size})")
 
 
-def pad_to_square(image, background: tuple[int, int, int]):
-    """Centre the image on a square canvas of its longer side, filled with `background`
-    (LLaVA-1.5's expand2square, so the tower sees the whole image undistorted)."""
-    from PIL import Image
-
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), background)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
-
-
 def preprocess_image(image, processor, aspect_ratio: str) -> torch.Tensor:
     """pixel_values (3, H, W) of one RGB image, per DataConfig.image_aspect_ratio."""
     from PIL import Image
 
     if aspect_ratio == "pad":
-        image = pad_to_square(image, tuple(int(x * 255) for x in processor.image_mean))
+        image = pad_to_square(image, processor_mean_color(processor))
     elif aspect_ratio == "resize":
         height, width = processor_output_size(processor)
         image = image.resize((width, height), Image.BICUBIC)

@@ -17,6 +17,7 @@ from eval import lmms, mllm
 from eval.benchmarks import rescore
 from eval.benchmarks.common import read_metrics, read_predictions
 from eval.report import load_run
+from llava_plugin.images import pad_to_square
 
 
 def _images(parquet):
@@ -52,7 +53,7 @@ def test_entry_point_registers_the_model_class():
 def _reference_nll(model, processor, image, context, continuation):
     """Unbatched, unpadded: the NLL of the continuation's tokens after the full prompt."""
     prompt = mllm.format_prompt(context)
-    image = mllm.expand_to_square(image, mllm.mean_color(processor))
+    image = pad_to_square(image, mllm.mean_color(processor))
     full = processor(images=[image], text=[prompt + continuation], return_tensors="pt")
     n_prompt = processor(images=[image], text=[prompt], return_tensors="pt")["input_ids"].shape[1]
     with torch.no_grad():

@@ -328,12 +328,3 @@ def test_problem_lists_and_percent():
         "unparseable": {"count": 1, "ids": [2]},
     }
     assert common.percent([]) is None and common.mean([1.0, None]) is None
-
-
-def test_expand_to_square_pads_with_the_fill():
-    from PIL import Image
-
-    image = Image.new("RGB", (8, 4), (255, 0, 0))
-    square = mllm.expand_to_square(image, (1, 2, 3))
-    assert square.size == (8, 8)
-    assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((4, 4)) == (255, 0, 0)

@@ -205,3 +205,18 @@ def test_registry_rejects_duplicate_family():
     with pytest.raises(ValueError, match="registered twice"):
         register_family("hf_clip")(lambda spec, location: None)
     assert "hf_clip" in FAMILIES
+
+
+def test_pad_to_square_centres_on_the_fill_and_truncates_the_mean_like_llava():
+    from llava_plugin.images import pad_to_square, processor_mean_color
+
+    image = Image.new("RGB", (8, 4), (255, 0, 0))
+    square = pad_to_square(image, (1, 2, 3))
+    assert square.size == (8, 8)
+    assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((4, 4)) == (255, 0, 0)
+    assert pad_to_square(square, (9, 9, 9)) is square
+
+    class Processor:
+        image_mean = [0.48145466, 0.4578275, 0.40821073]  # OpenAI CLIP: 122.77 -> 122, not 123
+
+    assert processor_mean_color(Processor()) == (122, 116, 104)
