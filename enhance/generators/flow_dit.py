@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llava_plugin.config import ConfigError
+
 
 @dataclass
 class FlowDiTConfig:
@@ -37,13 +39,13 @@ class FlowDiTConfig:
     def validate(self) -> None:
         for name in ("num_heads", "head_dim", "pooled_dim", "context_dim"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"denoiser.{name}={getattr(self, name)}: must be positive")
+                raise ConfigError(f"method.denoiser.{name}={getattr(self, name)}: must be positive")
         if self.num_double_blocks < 0 or self.num_single_blocks < 0 or \
                 self.num_double_blocks + self.num_single_blocks == 0:
-            raise ValueError(f"denoiser: needs at least one block (num_double_blocks={self.num_double_blocks}, "
+            raise ConfigError(f"method.denoiser: needs at least one block (num_double_blocks={self.num_double_blocks}, "
                              f"num_single_blocks={self.num_single_blocks})")
         if sum(self.axes_dims_rope) != self.head_dim or any(d % 2 for d in self.axes_dims_rope):
-            raise ValueError(f"denoiser.axes_dims_rope={list(self.axes_dims_rope)}: must be three even numbers "
+            raise ConfigError(f"method.denoiser.axes_dims_rope={list(self.axes_dims_rope)}: must be three even numbers "
                              f"summing to head_dim={self.head_dim}")
 
 
@@ -157,7 +159,7 @@ class FlowDenoiser(nn.Module):
         self.transformer.save_pretrained(out_dir)
 
     @classmethod
-    def load(cls, directory: str | Path, guidance: float | None) -> "FlowDenoiser":
+    def load(cls, directory: str | Path, guidance: float | None) -> FlowDenoiser:
         from diffusers import FluxTransformer2DModel
 
         return cls(FluxTransformer2DModel.from_pretrained(directory), guidance)

@@ -19,6 +19,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from llava_plugin.config import ConfigError
+
 MASK_SCHEDULES = ("cosine", "linear")
 
 
@@ -36,11 +38,11 @@ class MaskedDenoiserConfig:
     def validate(self) -> None:
         for name in ("depth", "width", "num_heads", "pooled_dim", "context_dim"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"denoiser.{name}={getattr(self, name)}: must be positive")
+                raise ConfigError(f"method.denoiser.{name}={getattr(self, name)}: must be positive")
         if self.width % self.num_heads:
-            raise ValueError(f"denoiser.width={self.width} is not divisible by num_heads={self.num_heads}")
+            raise ConfigError(f"method.denoiser.width={self.width} is not divisible by num_heads={self.num_heads}")
         if self.mlp_ratio <= 0:
-            raise ValueError(f"denoiser.mlp_ratio={self.mlp_ratio}: must be positive")
+            raise ConfigError(f"method.denoiser.mlp_ratio={self.mlp_ratio}: must be positive")
 
 
 # ---- the frozen tokenizer ----------------------------------------------------------------
@@ -62,7 +64,7 @@ class VQTokenizer(nn.Module):
                                 "(config.json + weights) or a directory with a vqvae/ subfolder")
 
     @classmethod
-    def load(cls, location: str | Path) -> "VQTokenizer":
+    def load(cls, location: str | Path) -> VQTokenizer:
         from diffusers import VQModel
 
         return cls(VQModel.from_pretrained(cls.directory(location)))
@@ -163,7 +165,7 @@ class MaskedTokenDenoiser(ModelMixin, ConfigMixin):
         self.head = nn.Linear(width, codebook_size)
 
     @classmethod
-    def build(cls, cfg: MaskedDenoiserConfig, codebook_size: int, num_tokens: int) -> "MaskedTokenDenoiser":
+    def build(cls, cfg: MaskedDenoiserConfig, codebook_size: int, num_tokens: int) -> MaskedTokenDenoiser:
         cfg.validate()
         return cls(codebook_size=codebook_size, num_tokens=num_tokens, depth=cfg.depth, width=cfg.width,
                    num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, pooled_dim=cfg.pooled_dim,

@@ -29,9 +29,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from enhance.generators.flow_dit import (FlowDenoiser, FlowDiTConfig, build_flow_dit, flow_interpolate,
-                                         logit_normal_timesteps, pack_latents, randn, vae_dir, vae_scaled_latents)
+from enhance.generators.flow_dit import (
+    FlowDenoiser,
+    FlowDiTConfig,
+    build_flow_dit,
+    flow_interpolate,
+    logit_normal_timesteps,
+    pack_latents,
+    randn,
+    vae_dir,
+    vae_scaled_latents,
+)
 from enhance.methods.base import Method, register_method
+from llava_plugin.config import ConfigError
 from llava_plugin.towers import VisionTower
 
 GENERATOR_DIR = "generator"  # stage-1 output: <run dir>/generator/
@@ -57,11 +67,11 @@ class LoraSettings:
 
     def validate(self) -> None:
         if self.r <= 0 or self.alpha <= 0:
-            raise ValueError(f"lora.r={self.r}, lora.alpha={self.alpha}: must be positive")
+            raise ConfigError(f"method.lora.r={self.r}, method.lora.alpha={self.alpha}: must be positive")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"lora.dropout={self.dropout}: must be in [0, 1)")
+            raise ConfigError(f"method.lora.dropout={self.dropout}: must be in [0, 1)")
         if not self.targets:
-            raise ValueError(f"lora.targets is empty; e.g. {LORA_TARGETS}")
+            raise ConfigError(f"method.lora.targets is empty; e.g. {LORA_TARGETS}")
 
 
 @dataclass
@@ -81,13 +91,13 @@ class GenHancerCommonConfig:
 
     def validate(self) -> None:
         if self.stage not in (1, 2):
-            raise ValueError(f"method.stage={self.stage}: must be 1 (train the denoiser) or 2 (train the tower)")
+            raise ConfigError(f"method.stage={self.stage}: must be 1 (train the denoiser) or 2 (train the tower)")
         if self.image_size is not None and self.image_size <= 0:
-            raise ValueError(f"method.image_size={self.image_size}: must be positive (or null)")
+            raise ConfigError(f"method.image_size={self.image_size}: must be positive (or null)")
         if self.projector_hidden is not None and self.projector_hidden <= 0:
-            raise ValueError(f"method.projector_hidden={self.projector_hidden}: must be positive (or null)")
+            raise ConfigError(f"method.projector_hidden={self.projector_hidden}: must be positive (or null)")
         if self.num_context_tokens <= 0:
-            raise ValueError(f"method.num_context_tokens={self.num_context_tokens}: must be >= 1")
+            raise ConfigError(f"method.num_context_tokens={self.num_context_tokens}: must be >= 1")
         self.lora.validate()
         self.denoiser.validate()
 
@@ -108,7 +118,7 @@ class GenHancerConfig(GenHancerCommonConfig):
     def validate(self) -> None:
         super().validate()
         if self.logit_normal_std <= 0:
-            raise ValueError(f"method.logit_normal_std={self.logit_normal_std}: must be positive")
+            raise ConfigError(f"method.logit_normal_std={self.logit_normal_std}: must be positive")
 
 
 # ---- condition ---------------------------------------------------------------------------
@@ -122,8 +132,8 @@ class GlobalConditionProjector(nn.Module):
     def __init__(self, embed_dim: int, pooled_dim: int, context_dim: int, num_context_tokens: int = 1,
                  hidden: int | None = None):
         super().__init__()
-        self.dims = dict(embed_dim=embed_dim, pooled_dim=pooled_dim, context_dim=context_dim,
-                         num_context_tokens=num_context_tokens, hidden=hidden)
+        self.dims = {"embed_dim": embed_dim, "pooled_dim": pooled_dim, "context_dim": context_dim,
+                     "num_context_tokens": num_context_tokens, "hidden": hidden}  # saved with the weights
         self.num_context_tokens = num_context_tokens
         self.to_pooled = _mlp(embed_dim, hidden or pooled_dim, pooled_dim)
         self.to_context = _mlp(embed_dim, hidden or context_dim, context_dim * num_context_tokens)
@@ -166,7 +176,7 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
         return get_peft_model(model, config)
     except ValueError as err:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise ValueError(f"method.lora.targets={settings.targets}: {err}. The tower's Linear module names "
+        raise ConfigError(f"method.lora.targets={settings.targets}: {err}. The tower's Linear module names "
                          f"are {names}") from err
 
 
@@ -236,7 +246,7 @@ class GenHancerBase(Method):
 
     # -- variant hooks ---------------------------------------------------------------------
     def tokenizer_directory(self, generator: str) -> Path:
-        """The frozen tokenizer's own directory inside the stage-1 `generator` spec."""
+        """The frozen tokenizer's own directory, resolved from the stage-1 `generator` spec."""
         raise NotImplementedError
 
     def load_tokenizer(self, directory: Path) -> nn.Module:
@@ -298,7 +308,7 @@ class GenHancerBase(Method):
         root = Path(generator)
         source = root if (root / GENERATOR_FILE).is_file() else root / GENERATOR_DIR
         if not (source / GENERATOR_FILE).is_file():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"method.stage=2 needs a stage-1 output as its generator, but {root} has no {GENERATOR_FILE} "
                 f"(nor {GENERATOR_DIR}/{GENERATOR_FILE}); run stage 1 of {self.name!r} first and pass its "
                 "output directory as --generator")
@@ -319,7 +329,7 @@ class GenHancerBase(Method):
                 f"method.{k} (stage 1: {a!r}, here: {b!r})" for k, a, b in diff)
                 + "; use the stage-1 values")
         if problems:
-            raise ValueError(f"stage-1 generator {source} does not fit this run: " + "; ".join(problems))
+            raise ConfigError(f"stage-1 generator {source} does not fit this run: " + "; ".join(problems))
         return source
 
 

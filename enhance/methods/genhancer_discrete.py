@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from enhance.generators.flow_dit import rand
-from enhance.generators.vq import MaskedDenoiserConfig, MaskedTokenDenoiser, VQTokenizer, mask_ratio, random_mask
+from enhance.generators.vq import (
+    MaskedDenoiserConfig,
+    MaskedTokenDenoiser,
+    VQTokenizer,
+    mask_ratio,
+    random_mask,
+)
 from enhance.methods.base import register_method
 from enhance.methods.genhancer import GenHancerBase, GenHancerCommonConfig, fixed_timesteps
 
