@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args) -> "EnhanceConfig":  # noqa: F821
+def config_from_args(args) -> EnhanceConfig:  # noqa: F821
     from enhance.config import PRESET_DIR, load_config
 
     flags: dict = {}

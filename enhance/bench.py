@@ -120,8 +120,9 @@ def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, st
 
 
 def format_table(rows: list[dict], memory_kind: str) -> str:
-    lines = [f"{'preset':<28} {'variant':<14} {'img/s':>9} {'x plain':>8} {'peak MB':>9} {'+MB':>8} "
-             f"{'x plain':>8} {'setup s':>8}"]
+    header = (f"{'preset':<28} {'variant':<14} {'img/s':>9} {'x plain':>8} {'peak MB':>9} {'+MB':>8} "
+              f"{'x plain':>8} {'setup s':>8}")
+    lines = [header]
     plain = {r["preset"]: r for r in rows if r["variant"] == "plain"}
     for r in rows:
         base = plain.get(r["preset"])

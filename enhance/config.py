@@ -15,8 +15,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from llava_plugin.config import (ConfigError, deep_merge, from_dict, help_text, list_presets,
-                                 load_yaml_preset, to_dict)
+from llava_plugin.config import (
+    ConfigError,
+    deep_merge,
+    from_dict,
+    help_text,
+    list_presets,
+    load_yaml_preset,
+    to_dict,
+)
 
 PRESET_DIR = Path(str(resources.files("enhance") / "configs"))
 DEEPSPEED_DIR = PRESET_DIR / "deepspeed"

@@ -22,9 +22,9 @@ import io
 import json
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -170,7 +170,7 @@ def _index_shard(shard: Path, shard_index: int) -> list[_Member]:
                 if not info.isfile():
                     continue
                 name = info.name
-                stem, dot, suffix = name.rpartition(".")
+                _, dot, suffix = name.rpartition(".")
                 if not dot or f".{suffix.lower()}" not in IMAGE_SUFFIXES:
                     continue
                 # webdataset keys: everything before the first dot of the basename

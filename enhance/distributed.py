@@ -19,7 +19,7 @@ import datetime
 import os
 import socket
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -42,7 +42,7 @@ def init() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     import deepspeed
-    import deepspeed.comm.torch  # noqa: F401  (`deepspeed.comm.torch` as an attribute is the torch package)
+    import deepspeed.comm.torch
 
     if os.environ.get(SKIP_SHM_ENV) == "1" or int(os.environ["WORLD_SIZE"]) == 1:
         # one process has nothing to reduce; skip the op's minutes-long first JIT compile
@@ -65,7 +65,7 @@ def is_main() -> bool:
 
 def device() -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 
 

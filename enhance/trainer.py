@@ -89,7 +89,7 @@ class Trainer:
         self.images_skipped = 0
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> "Trainer":
+    def setup(self) -> Trainer:
         from llava_plugin.registry import load_tower
 
         cfg = self.cfg

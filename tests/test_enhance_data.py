@@ -5,8 +5,16 @@ import json
 import pytest
 from PIL import Image
 
-from enhance.data import (BadImageTracker, BatchPlan, DataError, MicroBatches, PlanSampler, decode_image,
-                          expand_braces, open_source)
+from enhance.data import (
+    BadImageTracker,
+    BatchPlan,
+    DataError,
+    MicroBatches,
+    PlanSampler,
+    decode_image,
+    expand_braces,
+    open_source,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("GENFEEDBACK_SKIP_SHM_OP", "1")
 
-from enhance.__main__ import main  # noqa: E402
+from enhance.__main__ import main
 
 
 @pytest.fixture(scope="module")

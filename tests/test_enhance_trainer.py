@@ -9,12 +9,13 @@ import torch
 
 os.environ.setdefault("GENFEEDBACK_SKIP_SHM_OP", "1")
 
-import enhance_double  # noqa: E402,F401  (registers test-reconstruct)
-from enhance.cache import StaleCacheError  # noqa: E402
-from enhance.config import load_config  # noqa: E402
-from enhance.data import DataError  # noqa: E402
-from enhance.trainer import Trainer  # noqa: E402
-from llava_plugin.config import deep_merge  # noqa: E402
+import enhance_double  # noqa: F401  (registers test-reconstruct)
+
+from enhance.cache import StaleCacheError
+from enhance.config import load_config
+from enhance.data import DataError
+from enhance.trainer import Trainer
+from llava_plugin.config import deep_merge
 
 
 @pytest.fixture(scope="session")
