@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = sub.add_parser("presets", help="list presets")
     presets.add_argument("--show", metavar="NAME", help="print one preset fully resolved (base chain merged)")
+    presets.add_argument("--method", help="list a method's own config fields (the `method:` section)")
     return parser
 
 
@@ -149,6 +150,17 @@ def cmd_presets(args) -> int:
 
     if args.show:
         print(yaml.safe_dump(load_yaml_preset(PRESET_DIR, args.show), sort_keys=False))
+        return 0
+    if args.method:
+        from enhance.methods.base import get_method
+        from llava_plugin.config import help_text
+
+        try:
+            cls = get_method(args.method)
+        except KeyError as err:
+            raise ConfigError(err.args[0]) from err
+        print(f"method.name: {args.method}")
+        print("\n".join(help_text(cls.config_cls, "method.")))
         return 0
     for name in presets():
         print(preset_summary(name))

@@ -233,6 +233,11 @@ class Trainer:
 
     def _load_checkpoint(self, ckpt: Path) -> None:
         state = json.loads((ckpt / "trainer_state.json").read_text())
+        if state["world_size"] != self.world:
+            raise ConfigError(
+                f"checkpoint {ckpt} was written by {state['world_size']} rank(s), this run has {self.world}: ZeRO "
+                "partitions the optimizer state by rank, so resume with the same number of processes (the data "
+                "order and global batch do not depend on it)")
         saved, now = state["run"], json.loads(json.dumps(self._run_identity()))
         for key in now:
             if saved.get(key) != now[key]:
@@ -252,8 +257,7 @@ class Trainer:
         if self.rank == 0:
             self.tracker.bad = dict(state["bad_on_rank0"])
         rng_file = ckpt / f"rng-rank{self.rank:05d}.pt"
-        if rng_file.is_file():  # absent when resuming on more ranks than saved: the per-micro reseed covers it
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(torch.load(rng_file, weights_only=False))
         logger.info("resumed from %s at step %d", ckpt, self.step)
 
     # ------------------------------------------------------------------ training

@@ -120,6 +120,10 @@ def test_help_documents_every_field(capsys):
         assert key in text
     assert main(["presets"]) == 0
     assert "diva-openai-l14-224" in capsys.readouterr().out
+    assert main(["presets", "--method", "diva"]) == 0
+    assert "method.num_noise_draws (default 2)" in capsys.readouterr().out
+    assert main(["presets", "--method", "nope"]) == 2
+    assert "known methods" in capsys.readouterr().err
 
 
 def test_lr_schedule_shapes():

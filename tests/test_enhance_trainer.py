@@ -201,3 +201,8 @@ def test_resume_refuses_another_runs_checkpoint_and_drops_unsaved_rows(loop_zoo,
         Trainer(tiny_cfg(loop_zoo, out, data={"global_batch_size": 16})).setup()
     resumed = Trainer(tiny_cfg(loop_zoo, out)).setup()
     assert resumed.step == 2 and [r["step"] for r in read_metrics(out)] == [1, 2]
+    state_file = out / "checkpoints" / "step-0000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "world_size": 2}))
+    with pytest.raises(ConfigError, match="written by 2 rank.*this run has 1"):
+        Trainer(tiny_cfg(loop_zoo, out)).setup()
