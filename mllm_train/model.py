@@ -59,11 +59,21 @@ def build_model(cfg: TrainConfig):
         load_mm_projector(model, m.pretrained_projector)
     set_use_cache(model, False)  # no KV cache in training (it also disables packed masks); export turns it on
     if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     freeze_for(model, cfg.stage, lora=cfg.lora.enabled)
     return model, processor
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in backward (non-reentrant: works when only the projector trains).
+    transformers renamed gradient_checkpointing_enable to activation_checkpointing_enable in 5.x."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def set_use_cache(model, enabled: bool) -> None:

@@ -218,6 +218,7 @@ def test_bf16_with_gradient_checkpointing(zoo, tmp_path):
     trainer = Trainer(cfg)
     out = trainer.fit()
     assert unwrap_dtype(trainer) == torch.bfloat16
+    assert trainer.engine.module.is_activation_checkpointing
     lines = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
     assert len(lines) == 2 and all(torch.isfinite(torch.tensor(line["loss"])) for line in lines)
     state = load_state(out)
