@@ -306,3 +306,31 @@ def test_lora_merge_matches_the_wrapped_tower(gen_zoo, family):
     assert (wrapped.hidden_states[-1] - merged.hidden_states[-1]).abs().max() < 1e-5
     assert (wrapped.pooled - merged.pooled).abs().max() < 1e-5
     assert (wrapped.pooled - base.pooled).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_generator_sees_the_towers_crop_in_its_own_range(gen_zoo, family):
+    """Upstream feeds one tensor to both branches: the generator's pixels are the tower's crop
+    with the tower's normalisation undone, in [-1, 1]."""
+    from enhance.methods.genhancer import generator_pixels
+
+    tower = load_tower(str(getattr(gen_zoo, family)))
+    # a wide image, red in its left quarter, blue elsewhere: CLIP's center crop keeps only blue,
+    # SigLIP's squash keeps the red quarter
+    image = Image.new("RGB", (64, 32), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 16, 32))
+    pixel_values = tower.preprocess([image])
+    pixels = generator_pixels(pixel_values, tower.image_processor, 32)
+    assert pixels.shape == (1, 3, 32, 32)
+    red, blue = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1), torch.tensor([-1.0, -1.0, 1.0]).view(3, 1, 1)
+    left, right = pixels[0, :, :, :6], pixels[0, :, :, -6:]
+    assert torch.allclose(right, blue.expand_as(right), atol=1e-2)
+    assert torch.allclose(left, (red if family == "siglip" else blue).expand_as(left), atol=1e-2)
+    assert generator_pixels(pixel_values, tower.image_processor, 16).shape == (1, 3, 16, 16)
+
+
+def test_continuous_rejects_an_image_size_the_vae_cannot_pack(gen_zoo):
+    cfg = _config("genhancer", 1)
+    cfg.image_size = 34
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        get_method("genhancer")(cfg, load_tower(str(gen_zoo.clip)), str(gen_zoo.sd21))

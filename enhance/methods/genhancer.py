@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -82,7 +82,7 @@ class GenHancerCommonConfig:
         "help": "1: train denoiser + MLPs, tower frozen (generator = tokenizer dir); 2: train tower LoRA, "
                 "denoiser + MLPs frozen (generator = the stage-1 output dir)"})
     image_size: int | None = field(default=None, metadata={
-        "help": "resolution the generator sees (resize shorter side + center crop); null: the tower's"})
+        "help": "resolution the generator sees (the tower's crop, resized); null: the tower's own (upstream)"})
     projector_hidden: int | None = field(default=None, metadata={
         "help": "hidden width of the two condition MLPs; null: each MLP's output width (as upstream)"})
     num_context_tokens: int = field(default=1, metadata={
@@ -146,18 +146,17 @@ class GlobalConditionProjector(nn.Module):
 
 
 # ---- preprocessing -----------------------------------------------------------------------
-def generator_pixels(images: list[Image.Image], size: int) -> torch.Tensor:
-    """Resize the shorter side to `size` (bicubic), center crop, scale to [-1, 1]: [B, 3, size, size]."""
-    out = []
-    for image in images:
-        image = image.convert("RGB")
-        w, h = image.size
-        scale = size / min(w, h)
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-        left, top = (image.width - size) // 2, (image.height - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        out.append(torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0)
-    return torch.stack(out)
+def generator_pixels(pixel_values: torch.Tensor, processor, size: int) -> torch.Tensor:
+    """The tower's own crop for the generator, as upstream feeds one tensor to both: the
+    processor's normalisation undone, scaled to [-1, 1], resized to `size` if it differs."""
+    x = pixel_values.float()
+    if getattr(processor, "do_normalize", False):
+        mean = torch.tensor(processor.image_mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(processor.image_std, dtype=x.dtype).view(1, -1, 1, 1)
+        x = x * std + mean
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return x.clamp(0.0, 1.0) * 2.0 - 1.0
 
 
 # ---- LoRA --------------------------------------------------------------------------------
@@ -272,8 +271,9 @@ class GenHancerBase(Method):
     # -- Method API ------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The tower's own pixels and the generator's [-1, 1] pixels of the same crop."""
-        return {"pixel_values": self.tower.preprocess(images),
-                "generator_pixels": generator_pixels(images, self.image_size)}
+        pixel_values = self.tower.preprocess(images)
+        return {"pixel_values": pixel_values,
+                "generator_pixels": generator_pixels(pixel_values, self.tower.image_processor, self.image_size)}
 
     def encode_condition(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.stage == 2):
@@ -372,6 +372,10 @@ class GenHancer(GenHancerBase):
         return AutoencoderKL.from_pretrained(directory)
 
     def build_denoiser(self, vae):
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if self.image_size % (2 * factor):
+            raise ConfigError(f"method.image_size={self.image_size}: the VAE downsamples by {factor} and Flux packs "
+                              f"2x2 latent patches, so the generator's image size must be a multiple of {2 * factor}")
         return FlowDenoiser(build_flow_dit(self.cfg.denoiser, vae.config.latent_channels), self.cfg.denoiser.guidance)
 
     def load_denoiser(self, directory):
