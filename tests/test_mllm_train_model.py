@@ -193,3 +193,23 @@ def test_inspect_subcommand_delegates(zoo, capsys):
                    "--template", "plain", "--limit", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert status == 0 and len(lines) == 2 and '"labels"' in lines[0]
+
+
+def test_checkpoint_chat_template_renders_the_training_template(zoo):
+    """What eval sends through the saved processor's chat template == what vicuna_v1 training saw."""
+    from transformers import AutoProcessor
+
+    from mllm_train.conversation import get_template
+    from mllm_train.data import parse_record, read_records
+
+    processor = AutoProcessor.from_pretrained(zoo.llava)
+    template = get_template("vicuna_v1")
+    roles = {"human": "user", "gpt": "assistant"}
+    records = read_records(zoo.data["llava_finetune"])
+    for index, record in enumerate(records):
+        turns = list(parse_record(record, index).turns)
+        messages = [{"role": roles[turn.role], "content": turn.text} for turn in turns]
+        assert processor.apply_chat_template(messages) == template.render(turns).text, record["id"]
+        open_prompt = processor.apply_chat_template(messages[:-1], add_generation_prompt=True)
+        assert open_prompt == template.render(turns[:-1], add_generation_prompt=True).text, record["id"]
+    assert len(records) > 0
