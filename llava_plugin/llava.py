@@ -305,9 +305,11 @@ def write_mm_projector(model, path: str | Path) -> Path:
 
 
 def read_mm_projector(path: str | Path) -> dict[str, torch.Tensor]:
-    """An mm_projector.bin as HF projector names (linear_1.*, linear_2.*); every key must be one
-    of the four of an mlp2x_gelu projector."""
+    """An mm_projector.bin (or a pretraining output directory holding one) as HF projector names
+    (linear_1.*, linear_2.*); every key must be one of the four of an mlp2x_gelu projector."""
     path = Path(path)
+    if path.is_dir():
+        path = path / MM_PROJECTOR_FILE
     if not path.is_file():
         raise FileNotFoundError(f"projector file {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)

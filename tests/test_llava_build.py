@@ -152,7 +152,7 @@ def test_mm_projector_file_round_trip(zoo, tmp_path):
     assert sorted(raw) == sorted(MM_PROJECTOR_KEYS)
     assert raw["model.mm_projector.0.weight"].shape == (64, 32)  # (LLM hidden, tower hidden)
     target, _ = build_llava(tower, zoo.llm, seed=5)
-    load_mm_projector(target, path)
+    load_mm_projector(target, path.parent)  # a pretraining output dir works as well as the file
     for key, value in source.model.multi_modal_projector.state_dict().items():
         assert torch.equal(target.model.multi_modal_projector.state_dict()[key], value)
 
