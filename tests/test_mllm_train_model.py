@@ -213,3 +213,28 @@ def test_checkpoint_chat_template_renders_the_training_template(zoo):
         open_prompt = processor.apply_chat_template(messages[:-1], add_generation_prompt=True)
         assert open_prompt == template.render(turns[:-1], add_generation_prompt=True).text, record["id"]
     assert len(records) > 0
+
+
+def test_deepspeed_json_is_filled_in_and_checked(tmp_path):
+    from mllm_train.trainer import deepspeed_config
+
+    cfg = load_config("llava15-7b-finetune", REQUIRED | {"model": {"vision_tower": "v"}})
+    ds = deepspeed_config(cfg, accumulation=2)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"] == {"enabled": True}
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        128, 16, 2)
+    custom = tmp_path / "ds.json"
+    custom.write_text('{"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}')
+    cfg = load_config("tiny-pretrain", REQUIRED | {"deepspeed": str(custom)})
+    with pytest.raises(ConfigError, match="remove the 'optimizer' block"):
+        deepspeed_config(cfg, accumulation=1)
+    with pytest.raises(ConfigError, match="deepspeed='zero4'"):
+        load_config("tiny-pretrain", REQUIRED | {"deepspeed": "zero4"})
+
+
+@pytest.mark.skipif(_has_flash(), reason="flash-attn is installed")
+def test_flash_attention_without_flash_attn_is_an_error():
+    from mllm_train.model import resolve_attn_implementation
+
+    with pytest.raises(ImportError, match="genfeedback\\[flash\\]"):
+        resolve_attn_implementation("flash_attention_2")
