@@ -8,19 +8,23 @@ Every variant runs through the real Trainer for `--warmup` steps, then `--steps`
 Defaults run every tiny-* preset on the tiny zoo (built in a temp dir unless --zoo is given);
 pass --preset/--vision-tower/--generator/--data to bench real models.
 
-Memory: on CUDA, torch.cuda.max_memory_allocated (reset per variant). On CPU, the process's
-peak resident set size (VmHWM from /proc/self/status, reset per variant by writing 5 to
-/proc/self/clear_refs); it counts everything resident, models included, so compare variants
-by their difference. Where /proc is unavailable, ru_maxrss (never reset: monotone) is
-reported and labelled so.
+Memory: on CUDA, torch.cuda.max_memory_allocated, reset per variant, in one process. On CPU
+there is no allocator statistic, and a process keeps the memory earlier variants freed, so each
+variant runs in a fresh process (`--isolate`, the default on CPU) and reports its peak resident
+set size (VmHWM from /proc/self/status) during the warmup + timed steps, and that peak minus
+what was resident once the models were loaded (+MB: activations, gradients, optimizer state).
+Where /proc is unavailable, ru_maxrss (the process's lifetime peak) is reported, labelled so.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
 import re
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--output", default="bench.json", help="JSON file to write (default bench.json)")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each variant in a fresh process (default: yes on CPU, where peak RSS is per process)")
 
 
 class PeakMemory:
@@ -102,8 +108,8 @@ def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, st
     start = time.perf_counter()
     trainer = Trainer(cfg).setup()
     setup_s = time.perf_counter() - start
+    memory.reset()  # models loaded: what the steps add on top is what the variants change
     trainer.train(warmup)
-    memory.reset()
     start = time.perf_counter()
     trainer.train(steps)
     seconds = time.perf_counter() - start
@@ -131,7 +137,7 @@ def format_table(rows: list[dict], memory_kind: str) -> str:
         mem = f"{extra / base_extra:.2f}" if base and base_extra > 0 else "-"
         lines.append(f"{r['preset']:<28} {r['variant']:<14} {r['images_per_s']:>9.2f} {speed:>8} "
                      f"{r['peak_mb']:>9.1f} {extra:>8.1f} {mem:>8} {r['setup_s']:>8.1f}")
-    lines.append(f"memory: {memory_kind}; +MB = peak minus what was resident when the timed steps began "
+    lines.append(f"memory: {memory_kind}; +MB = peak minus what was resident once the models were loaded "
                  "(the ratio compares those); setup s includes building the latent cache")
     return "\n".join(lines)
 
@@ -153,7 +159,11 @@ def main(args) -> int:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ConfigError(f"--variants {unknown}: known variants are {list(VARIANTS)}")
-    distributed.init()
+    isolate = (not torch.cuda.is_available()) if args.isolate is None else args.isolate
+    if isolate and distributed.world_size() > 1:
+        raise ConfigError("bench --isolate runs single-process children; launch it without torchrun/deepspeed")
+    if not isolate:
+        distributed.init()
     memory = PeakMemory()
     rows = []
     with tempfile.TemporaryDirectory(prefix="enhance-bench-") as tmp:
@@ -164,14 +174,36 @@ def main(args) -> int:
             zoo = str(build_zoo(Path(tmp) / "zoo", seed=0, parts=["vision", "diffusion", "data"]).root)
         for preset in chosen:
             for variant in variants:
-                row = bench_one(preset, variant, zoo=zoo, overrides=overrides, steps=args.steps,
-                                warmup=args.warmup, workdir=Path(tmp), memory=memory)
+                if isolate:
+                    row = _bench_in_child(args, preset, variant, zoo, Path(tmp))
+                else:
+                    row = bench_one(preset, variant, zoo=zoo, overrides=overrides, steps=args.steps,
+                                    warmup=args.warmup, workdir=Path(tmp), memory=memory)
                 rows.append(row)
                 print(f"  {preset} {variant}: {row['images_per_s']:.2f} img/s, peak {row['peak_mb']:.0f} MB",
                       flush=True)
-    result = {"memory_measure": memory.kind, "device": str(distributed.device()),
+    result = {"memory_measure": memory.kind, "isolated_processes": isolate, "device": str(distributed.device()),
               "world_size": distributed.world_size(), "rows": rows}
     Path(args.output).write_text(json.dumps(result, indent=2))
     print(format_table(rows, memory.kind))
     print(f"wrote {args.output}")
     return 0
+
+
+def _bench_in_child(args, preset: str, variant: str, zoo: str | None, workdir: Path) -> dict:
+    """One (preset, variant) in a fresh `python -m enhance bench` process; returns its row."""
+    out = workdir / f"child-{preset}-{variant}.json"
+    cmd = [sys.executable, "-m", "enhance", "bench", "--presets", preset, "--variants", variant, "--steps",
+           str(args.steps), "--warmup", str(args.warmup), "--output", str(out), "--no-isolate"]
+    for flag in ("vision_tower", "generator", "data", "zoo"):
+        value = zoo if flag == "zoo" else getattr(args, flag)
+        if value:
+            cmd += [f"--{flag.replace('_', '-')}", str(value)]
+    for pair in args.set:
+        cmd += ["--set", pair]
+    launcher_env = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_env}  # each child is its own 1-process run
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench of {preset}/{variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(out.read_text())["rows"][0]

@@ -92,7 +92,7 @@ def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tm
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
 
 
-@pytest.mark.slow  # ~35 s: three full trainer setups
+@pytest.mark.slow  # ~60 s: three fresh processes, each a full trainer setup
 def test_bench_measures_every_variant_side_by_side(recipe_zoo, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--presets", "tiny-genhancer", "--zoo", str(recipe_zoo.root), "--steps", "1",
@@ -100,6 +100,7 @@ def test_bench_measures_every_variant_side_by_side(recipe_zoo, tmp_path, capsys)
     result = json.loads(out.read_text())
     assert [r["variant"] for r in result["rows"]] == ["plain", "cache", "checkpointing"]
     assert result["memory_measure"].startswith(("VmHWM", "torch.cuda", "ru_maxrss"))
+    assert result["isolated_processes"] is True  # CPU: one fresh process per variant
     for row in result["rows"]:
         assert row["images_per_s"] > 0 and row["peak_mb"] >= row["peak_over_baseline_mb"] >= 0
         assert row["images"] == 8 and row["final_loss"] == row["final_loss"]
