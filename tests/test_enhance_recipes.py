@@ -51,6 +51,18 @@ def test_tiny_recipe_trains_and_exports(recipe_zoo, tmp_path, preset):
     assert meta["condition_gap_at_start"]["tower_trains"] is True
 
 
+def test_un2clip_diagnose_reports_timestep_bands(recipe_zoo, tmp_path, capsys):
+    out = tmp_path / "diag.json"
+    assert main(["diagnose", "--method", "un2clip", "--vision-tower", str(recipe_zoo.clip), "--generator",
+                 str(recipe_zoo.unclip), "--data", str(recipe_zoo.data["scenes"]), "--num-images", "4",
+                 "--bands", "2", "--batch-size", "4", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(b["t_low"], b["t_high"]) for b in result["bands"]] == [(0.0, 500.0), (500.0, 1000.0)]
+    assert result["method"] == "un2clip" and result["generator"] == str(recipe_zoo.unclip)
+    assert all(b["loss_own"] > 0 and b["loss_shuffled"] > 0 for b in result["bands"])
+    assert "rel gap" in capsys.readouterr().out
+
+
 def test_diva_latent_cache_matches_uncached(recipe_zoo, tmp_path):
     plain = train(recipe_zoo, "tiny-diva", tmp_path / "plain", "--max-steps", "2",
                   "--set", "logging.diagnose_images=0")

@@ -75,7 +75,7 @@ def test_resume_matches_uninterrupted_run(loop_zoo, tmp_path):
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-0000004"]
 
 
-def test_export_loads_and_differs_from_base(loop_zoo, tmp_path):
+def test_export_loads_and_differs_from_base(loop_zoo, tmp_path, caplog):
     from transformers import CLIPVisionModel
 
     from llava_plugin.registry import load_tower, read_metadata
@@ -98,7 +98,11 @@ def test_export_loads_and_differs_from_base(loop_zoo, tmp_path):
     assert meta["final_metrics"]["step"] == 2
     assert set(meta["generator_fingerprint"]) == {"vae", "decoder"}
     assert meta["condition_gap_at_start"]["num_images"] == 4
-    assert read_metrics(tmp_path / "run")[0]["event"] == "diagnosis"
+    diagnosis = read_metrics(tmp_path / "run")[0]
+    assert diagnosis["event"] == "diagnosis"
+    # the double's random decoder barely reads its condition: the loud warning fires (log + metrics)
+    assert diagnosis["ignores_condition"] is True and abs(diagnosis["relative_gap"]) < 0.01
+    assert "CONDITION GAP NEAR ZERO" in caplog.text
 
 
 def test_latent_cache_gives_the_same_losses(loop_zoo, tmp_path):
@@ -206,3 +210,13 @@ def test_resume_refuses_another_runs_checkpoint_and_drops_unsaved_rows(loop_zoo,
     state_file.write_text(json.dumps({**state, "world_size": 2}))
     with pytest.raises(ConfigError, match="written by 2 rank.*this run has 1"):
         Trainer(tiny_cfg(loop_zoo, out)).setup()
+
+
+def test_data_workers_change_nothing(loop_zoo, tmp_path):
+    wds = str(loop_zoo.data["wds_pattern"])
+    inline = Trainer(tiny_cfg(loop_zoo, tmp_path / "w0", data={"source": wds}, schedule={"max_steps": 2},
+                              checkpointing={"every_steps": 0})).fit()
+    workers = Trainer(tiny_cfg(loop_zoo, tmp_path / "w2", data={"source": wds, "num_workers": 2},
+                               schedule={"max_steps": 2}, checkpointing={"every_steps": 0})).fit()
+    assert [r["loss"] for r in read_metrics(tmp_path / "w2")] == [r["loss"] for r in read_metrics(tmp_path / "w0")]
+    assert workers["final_metrics"]["images_tried"] == inline["final_metrics"]["images_tried"] == 16
