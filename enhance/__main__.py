@@ -1,9 +1,9 @@
 """python -m enhance {train,diagnose,bench,presets}: generative-feedback post-training of a tower.
 
     python -m enhance train --method diva --vision-tower openai/clip-vit-large-patch14 \\
-        --generator stabilityai/stable-diffusion-2-1-base --data /data/cc3m/{00000..00331}.tar \\
+        --generator /models/stable-diffusion-2-1-base --data /data/cc3m/{00000..00331}.tar \\
         --output runs/diva-l14 --preset diva-openai-l14-224 --deepspeed zero2
-    deepspeed --num_gpus 8 -m enhance train ...     # or: torchrun --nproc_per_node 8 -m enhance train ...
+    deepspeed --num_gpus 8 --module enhance train ...   # or: torchrun --nproc_per_node 8 -m enhance train ...
     python -m enhance diagnose --method un2clip --vision-tower T --generator G --data HELDOUT_DIR
     python -m enhance bench [--zoo DIR]             # tiny-zoo speed/memory table per method
     python -m enhance presets                        # list presets

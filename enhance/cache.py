@@ -121,34 +121,38 @@ def build(cache_dir: Path, source: ImageSource, manifest: dict, *,
 
 
 class LatentCache:
-    """Read side: `targets(indices)` -> {key: [len(indices), ...]} for the loader."""
+    """Read side: `targets(indices)` -> {key: [len(indices), ...]} for the loader.
+
+    Rows are read by offset from memory-mapped shard files, so a shuffled run touches only the
+    rows it uses (a handle per shard stays open; handles are cheap, not the shard's data)."""
 
     def __init__(self, cache_dir: Path, shard_size: int):
         self.dir = Path(cache_dir)
         self.shard_size = shard_size
-        self._open: dict[int, dict[str, torch.Tensor]] = {}
+        self._handles: dict[int, object] = {}
 
-    def _shard(self, shard: int) -> dict[str, torch.Tensor]:
-        if shard not in self._open:
-            from safetensors.torch import load_file
+    def _shard(self, shard: int):
+        if shard not in self._handles:
+            from safetensors import safe_open
 
-            if len(self._open) >= 2:  # a run walks a shuffled order: keep memory bounded
-                self._open.pop(next(iter(self._open)))
-            self._open[shard] = load_file(str(self.dir / f"shard-{shard:05d}.safetensors"))
-        return self._open[shard]
+            self._handles[shard] = safe_open(str(self.dir / f"shard-{shard:05d}.safetensors"), framework="pt")
+        return self._handles[shard]
 
     def targets(self, indices: list[int]) -> dict[str, torch.Tensor]:
         rows: dict[str, list[torch.Tensor]] = {}
         for index in indices:
             shard = self._shard(index // self.shard_size)
             offset = index % self.shard_size
-            if not shard[VALID_KEY][offset]:
+            if not int(shard.get_slice(VALID_KEY)[offset:offset + 1][0]):
                 raise StaleCacheError(f"latent cache {self.dir} has no entry for image {index}, which now "
                                       "decodes: the files changed since the cache was built; delete the cache")
-            for key, value in shard.items():
+            for key in shard.keys():
                 if key != VALID_KEY:
-                    rows.setdefault(key, []).append(value[offset])
+                    rows.setdefault(key, []).append(shard.get_slice(key)[offset:offset + 1][0])
         return {key: torch.stack(values) for key, values in rows.items()}
+
+    def __getstate__(self):  # data-loader workers open their own handles
+        return {**self.__dict__, "_handles": {}}
 
 
 def open_or_build(cache_dir: Path, source: ImageSource, manifest: dict, **build_kwargs) -> LatentCache:

@@ -220,3 +220,7 @@ def test_data_workers_change_nothing(loop_zoo, tmp_path):
                                schedule={"max_steps": 2}, checkpointing={"every_steps": 0})).fit()
     assert [r["loss"] for r in read_metrics(tmp_path / "w2")] == [r["loss"] for r in read_metrics(tmp_path / "w0")]
     assert workers["final_metrics"]["images_tried"] == inline["final_metrics"]["images_tried"] == 16
+    Trainer(tiny_cfg(loop_zoo, tmp_path / "w2c", data={"source": wds, "num_workers": 2}, cache={"latents": True},
+                     schedule={"max_steps": 2}, checkpointing={"every_steps": 0})).fit()  # cache read in workers
+    assert [r["loss"] for r in read_metrics(tmp_path / "w2c")] == pytest.approx(
+        [r["loss"] for r in read_metrics(tmp_path / "w0")], rel=1e-5)
