@@ -10,7 +10,7 @@ that method's `config_cls` (so a typo there is rejected too).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -24,16 +24,11 @@ from llava_plugin.config import (
     load_yaml_preset,
     to_dict,
 )
+from llava_plugin.config import documented as _help
 
 PRESET_DIR = Path(str(resources.files("enhance") / "configs"))
 DEEPSPEED_DIR = PRESET_DIR / "deepspeed"
 DEEPSPEED_NAMES = ("zero2", "zero3")
-
-
-def _help(text: str, default=None, factory=None):
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

@@ -245,14 +245,14 @@ def load_original_llava(path: str | Path, *, vision_tower: str | None = None, dt
         llm = LlamaForCausalLM(text_config)
     llm_state = {key[len("model.language_model."):]: value for key, value in state.items()
                  if key.startswith("model.language_model.")}
-    _load_exact(llm.model, llm_state, path, "language model")
-    _load_exact(llm.lm_head, {"weight": state["lm_head.weight"]}, path, "lm_head")
+    load_exact(llm.model, llm_state, path, "language model")
+    load_exact(llm.lm_head, {"weight": state["lm_head.weight"]}, path, "lm_head")
     llm.model.rotary_emb = type(llm.model.rotary_emb)(config=text_config)  # a buffer, not a weight
     llm.to(dtype)
 
     vision_state = {key[len("model.vision_tower."):]: v for key, v in state.items() if key.startswith("model.vision_tower.")}
     if vision_state:
-        _load_exact(tower.vision_model, vision_state, path, "vision tower")
+        load_exact(tower.vision_model, vision_state, path, "vision tower")
     projector_state = {key[len("model.multi_modal_projector."):]: v for key, v in state.items()
                        if key.startswith("model.multi_modal_projector.")}
     if not projector_state:
@@ -285,8 +285,9 @@ def _original_tokenizer(path: Path):
     return cls.from_pretrained(path)
 
 
-def _load_exact(module, state: dict, path: Path, what: str) -> None:
-    """load_state_dict(strict=True, assign=True) with an error naming the checkpoint and the keys."""
+def load_exact(module, state: dict, path: Path | str, what: str) -> None:
+    """load_state_dict(strict=True, assign=True) with an error naming the checkpoint (or source) and
+    the keys; shapes are checked first, so a mismatch never half-loads."""
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:

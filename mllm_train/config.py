@@ -9,7 +9,7 @@ the field, the value and the fix.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -23,16 +23,11 @@ from llava_plugin.config import (
     load_yaml_preset,
     to_dict,
 )
+from llava_plugin.config import documented as _help
 from mllm_train.data import DataConfig
 
 PRESET_DIR = Path(str(resources.files("mllm_train") / "configs"))
 DEEPSPEED_NAMES = ("zero2", "zero3")
-
-
-def _help(text: str, default=None, factory=None):
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass

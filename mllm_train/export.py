@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from llava_plugin import distributed
+from llava_plugin.convert_llava import load_exact
 from llava_plugin.llava import MM_PROJECTOR_FILE, save_llava, write_mm_projector
 
 PEFT_PREFIX = "base_model.model."
@@ -66,15 +67,7 @@ def materialize(config, state: dict[str, torch.Tensor]):
 
     with init_empty_weights(include_buffers=False):
         model = LlavaForConditionalGeneration(config)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"exported weights do not match the Llava architecture: missing {missing[:8]}, "
-                         f"unexpected {unexpected[:8]}")
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(own[key].shape):
-            raise ValueError(f"exported weight {key} has shape {tuple(tensor.shape)}, expected {tuple(own[key].shape)}")
-    model.load_state_dict(state, strict=True, assign=True)
+    load_exact(model, state, "the exported training state", "Llava")
     return model.eval()
 
 
