@@ -41,7 +41,10 @@ def run_enhance(zoo, out: Path, nproc: int, zero: str, *extra: str) -> list[dict
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", str(_free_port()), str(HERE / "enhance_double.py"), *args]
-    env = {**os.environ, "GENFEEDBACK_SKIP_SHM_OP": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # an in-process run earlier in this session set RANK/MASTER_PORT...; each run here is its own group
+    launcher_env = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_env}
+    env.update(GENFEEDBACK_SKIP_SHM_OP="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
