@@ -9,6 +9,10 @@
   under ZeRO-3 they are gathered from all ranks; under bf16 the fp32 master weights replace
   the bf16 working copies (tiny learning rates such as un2CLIP's 3e-7 vanish in bf16 rounding).
 
+The method's forward returns a `LossOutput` dataclass, so ZeRO-3 logs once that it cannot see
+the top module's output tensors; its per-submodule hooks (the tower's layers return tensors)
+still gather and release partitions, and 2-rank ZeRO-3 runs match 1-rank runs (tests).
+
 Set GENFEEDBACK_SKIP_SHM_OP=1 to skip DeepSpeed's CPU shared-memory collective op (an ~80 s
 JIT compile on first use; gloo does the same job for tests and small runs).
 """
@@ -134,7 +138,9 @@ def build_engine(method: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
 def untrained_fp32_snapshot(method: nn.Module) -> dict[str, torch.Tensor]:
     """CPU fp32 copies of the method's registered parameters that do not train (e.g. a tower's
     base weights under LoRA), taken before DeepSpeed casts them to bf16, so the export keeps
-    their exact values."""
+    their exact values. Only rank 0 exports, so only rank 0 keeps them."""
+    if not is_main():
+        return {}
     return {name: p.detach().float().cpu().clone() for name, p in method.named_parameters()
             if not p.requires_grad}
 
