@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("GENFEEDBACK_SKIP_SHM_OP", "1")
 
@@ -84,9 +85,14 @@ def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tm
 
     stage2 = ["--generator", str(tmp_path / "stage1"), "--set", "method.stage=2", "--set", "optim.lr=1e-2",
               "--set", "schedule.warmup_steps=0", "--max-steps", "4", "--set", "checkpointing.every_steps=2",
-              "--set", "logging.diagnose_images=0"]
+              "--set", "logging.diagnose_images=0", "--set", "precision.dtype=bf16"]
     full = train(recipe_zoo, preset, tmp_path / "full", *stage2)
     assert max_change(tmp_path / "full" / "vision_tower", recipe_zoo.clip) > 1e-5  # merged LoRA
+    # bf16 run, fp32 export: weights LoRA does not touch keep their exact original values
+    exported = load_file(str(tmp_path / "full" / "vision_tower" / "model.safetensors"))
+    original = load_file(str(recipe_zoo.clip / "model.safetensors"))
+    untouched = [k for k in exported if "embeddings" in k or k.startswith("text_model")]
+    assert untouched and all(torch.equal(exported[k], original[k]) for k in untouched)
 
     from enhance.__main__ import build_parser, config_from_args
     from enhance.trainer import Trainer
