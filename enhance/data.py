@@ -18,7 +18,6 @@ refilled by the next readable image in dataset order, and every failure is count
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import tarfile
@@ -28,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from llava_plugin.images import ImageDecodeError, decode_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_CONSECUTIVE_BAD = 64  # more unreadable images in a row than this means the source itself is broken
@@ -70,20 +71,11 @@ class ImageSource:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Bytes -> fully decoded RGB image (grayscale, RGBA, CMYK, palette converted)."""
-    if not data:
-        raise BadImage("zero-size file")
+    """Bytes -> fully decoded RGB image (grayscale, RGBA, CMYK, palette converted); BadImage if not."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decode now: a truncated file fails here, not later in a worker
-            if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGB", rgba.size, (255, 255, 255))
-                background.paste(rgba, mask=rgba.getchannel("A"))
-                return background
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadImage(f"{type(err).__name__}: {err}") from err
+        return decode_rgb(data)
+    except ImageDecodeError as err:
+        raise BadImage(str(err)) from err
 
 
 class FolderSource(ImageSource):

@@ -1,7 +1,10 @@
 """Image conventions that training and evaluation must share exactly."""
 from __future__ import annotations
 
-from PIL import Image
+import io
+from pathlib import Path
+
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 
 def processor_mean_color(image_processor) -> tuple[int, int, int]:
@@ -20,3 +23,42 @@ def pad_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image
     canvas = Image.new(image.mode, (side, side), background)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
+
+
+class ImageDecodeError(ValueError):
+    """An image file that is empty, truncated or not an image; the message says which."""
+
+
+def decode_rgb(source: str | Path | bytes) -> Image.Image:
+    """A path or encoded bytes -> a fully decoded RGB image, or ImageDecodeError.
+
+    Truncated files always fail here, even when another library (lmms-eval does, on import)
+    has set PIL's global `LOAD_TRUNCATED_IMAGES`, which would otherwise decode half an image
+    silently. Transparency is composited onto white; grayscale, palette and CMYK become RGB.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageDecodeError("zero-size image data")
+        stream, name = io.BytesIO(source), "image bytes"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageDecodeError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(f"{path}: zero-size file")
+        stream, name = path, str(path)
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(stream) as image:
+            image.load()
+            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+                rgb.paste(rgba, mask=rgba.getchannel("A"))
+                return rgb
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(f"{name}: {type(err).__name__}: {err}") from err
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous

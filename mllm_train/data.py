@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from llava_plugin.config import ConfigError
-from llava_plugin.images import pad_to_square, processor_mean_color
+from llava_plugin.images import ImageDecodeError, decode_rgb, pad_to_square, processor_mean_color
 from mllm_train.conversation import (
     GPT,
     HUMAN,
@@ -127,15 +127,12 @@ def parse_record(record: dict, index: int) -> Sample:
 
 def load_image(path: Path, sample_id):
     """The image as RGB; BadSample naming the sample if it is missing or cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
-
+    if not Path(path).exists():
+        raise BadSample(sample_id, f"image {path} does not exist")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError as err:
-        raise BadSample(sample_id, f"image {path} does not exist") from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise BadSample(sample_id, f"image {path} cannot be read ({type(err).__name__}: {err})") from err
+        return decode_rgb(path)
+    except ImageDecodeError as err:
+        raise BadSample(sample_id, f"image {path} cannot be read ({err})") from err
 
 
 def processor_output_size(processor) -> tuple[int, int]:

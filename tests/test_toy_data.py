@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
+from llava_plugin.images import ImageDecodeError, decode_rgb
 from llava_plugin.toy import build_zoo
 from llava_plugin.toy.data import MMVP_SWAPPED_QUESTIONS, MMVP_VLM_TYPES
 from llava_plugin.toy.scenes import PATTERNS, draw_pair, draw_scene, questions_about
@@ -92,8 +93,18 @@ def test_corrupt_folder_has_the_three_broken_files(data_zoo):
     for name in ("empty", "not_an_image"):
         with pytest.raises(UnidentifiedImageError):
             Image.open(root / f"images/{name}.jpg")
-    with pytest.raises(OSError):
-        Image.open(root / "images/truncated.jpg").load()
+    # truncated: decodes only partially (PIL's global LOAD_TRUNCATED_IMAGES, which lmms-eval sets on
+    # import, would hide it); our shared decoder rejects all three whatever that flag says
+    for name in ("empty", "not_an_image", "truncated"):
+        with pytest.raises(ImageDecodeError):
+            decode_rgb(root / f"images/{name}.jpg")
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(ImageDecodeError, match="truncated"):
+            decode_rgb(root / "images/truncated.jpg")
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def test_webdataset_shards(data_zoo):

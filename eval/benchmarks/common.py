@@ -18,7 +18,9 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from llava_plugin.images import ImageDecodeError, decode_rgb
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -46,14 +48,12 @@ def require_dir(benchmark: str, path: Path, what: str, hint: str = "") -> Path:
     return path
 
 
-def open_rgb(path: Path | str) -> Image.Image | None:
-    """The image as RGB, or None when the file is missing, empty, truncated or not an image:
-    the caller counts the sample as wrong and lists it, the run goes on."""
+def open_rgb(source: Path | str | bytes) -> Image.Image | None:
+    """The image (a path or encoded bytes) as RGB, or None when it is missing, empty, truncated or
+    not an image: the caller counts the sample as wrong and lists it, the run goes on."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError):
+        return decode_rgb(source)
+    except ImageDecodeError:
         return None
 
 

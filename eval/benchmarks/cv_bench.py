@@ -23,7 +23,6 @@ reports), which differs from the official one whenever sources are unbalanced.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
@@ -93,12 +92,7 @@ def row_image(row: dict) -> Image.Image | None:
     None if it cannot be read."""
     image = row.get("image") or {}
     if image.get("bytes"):
-        try:
-            with Image.open(io.BytesIO(image["bytes"])) as im:
-                im.load()
-                return im.convert("RGB")
-        except (OSError, SyntaxError):
-            return None
+        return open_rgb(image["bytes"])
     return open_rgb(image["path"]) if image.get("path") else None
 
 
