@@ -1,7 +1,7 @@
 """Everything DeepSpeed- and process-group-specific in enhance, in one place.
 
-- `init()` joins the process group a launcher (deepspeed, torchrun) set up, or creates a
-  1-process group itself when run plainly; gloo on CPU, nccl on GPU.
+- `init()`, `rank()`, `barrier()`, ...: the process-group helpers of `llava_plugin.distributed`
+  (shared with mllm_train), re-exported here.
 - `build_engine()` wraps a Method with a torch optimizer and LR scheduler. The frozen
   generator is not a registered submodule of the method (see enhance/methods/base.py), so
   ZeRO never partitions it, the optimizer never sees it and checkpoints never contain it.
@@ -12,96 +12,28 @@
 The method's forward returns a `LossOutput` dataclass, so ZeRO-3 logs once that it cannot see
 the top module's output tensors; its per-submodule hooks (the tower's layers return tensors)
 still gather and release partitions, and 2-rank ZeRO-3 runs match 1-rank runs (tests).
-
-Set GENFEEDBACK_SKIP_SHM_OP=1 to skip DeepSpeed's CPU shared-memory collective op (an ~80 s
-JIT compile on first use; gloo does the same job for tests and small runs).
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
-import os
-import socket
-import sys
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-SKIP_SHM_ENV = "GENFEEDBACK_SKIP_SHM_OP"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init() -> None:
-    """Join (or, without a launcher, create) the process group; idempotent."""
-    if dist.is_available() and dist.is_initialized():
-        return
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    import deepspeed
-    import deepspeed.comm.torch
-
-    if os.environ.get(SKIP_SHM_ENV) == "1" or int(os.environ["WORLD_SIZE"]) == 1:
-        # one process has nothing to reduce; skip the op's minutes-long first JIT compile
-        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=datetime.timedelta(minutes=30))
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def shutdown() -> None:
-    """Barrier, then leave the process group (so no rank exits while others still talk). Once, at
-    process exit: DeepSpeed caches its groups, so a process cannot init() again afterwards."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Sum a list of floats over ranks (float64, on the collective's device)."""
-    if not dist.is_initialized() or world_size() == 1:
-        return list(values)
-    dev = device() if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor(values, dtype=torch.float64, device=dev)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def broadcast_object(obj):
-    if not dist.is_initialized() or world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+# The process-group helpers are the shared ones; this module adds what only enhance needs.
+from llava_plugin.distributed import (  # noqa: F401  (re-exported for enhance's modules)
+    SKIP_SHM_ENV,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    device,
+    init,
+    is_main,
+    rank,
+    shutdown,
+    world_size,
+)
 
 
 def deepspeed_config(base: dict, *, global_batch: int, micro_batch: int, accumulation: int,

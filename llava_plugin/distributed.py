@@ -69,7 +69,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Barrier, then leave the process group (so no rank exits while others still talk)."""
+    """Barrier, then leave the process group (so no rank exits while others still talk). Once, at
+    process exit: DeepSpeed caches its groups, so a process cannot init() again afterwards."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
