@@ -16,7 +16,7 @@ Usage: bash scripts/pipeline.sh [options]
   --methods LIST        comma-separated subset of diva,un2clip,genhancer,genhancer-discrete
                                                                         (default: all four)
   --enhance-steps N     optimizer steps per enhancement (stage)   (default: toy 30, paper: the preset's)
-  --llava-steps N       optimizer steps per LLaVA stage            (default: toy 12, paper: full epoch)
+  --llava-steps N       optimizer steps per LLaVA stage            (default: toy 200, paper: full epoch)
   --gpus N              processes per stage on this node (default 1)
   --hostfile FILE       multi-node DeepSpeed hostfile (passed to the launcher)
   --launcher L          torchrun | deepspeed (default torchrun)
@@ -125,7 +125,7 @@ PY
   tower="$(zoo_get clip)"; llm="$(zoo_get llm)"
   pre_data="$(zoo_get data.llava_pretrain)"; pre_images="$(zoo_get data.llava_pretrain_images)"
   ft_data="$(zoo_get data.llava_finetune)"; ft_images="$(zoo_get data.llava_image_folder)"
-  enhance_steps="${enhance_steps:-30}"; llava_steps="${llava_steps:-12}"
+  enhance_steps="${enhance_steps:-30}"; llava_steps="${llava_steps:-200}"
   enhance_flags=(--preset toy --zoo "$zoo")
   llava_flags=(--preset toy)
   eval_flags+=(--preset toy --zoo "$zoo")

@@ -14,6 +14,7 @@ under `zoo.root / "data"`; `write_data` fills these `zoo.data` keys:
   `00000/000000003.jpg`, two-turn `conversations`; `<image>` before or after the instruction, as in the
   real file); `llava_pretrain_images`: its image folder.
 - `llava_finetune`: mix665k-style `llava_v1_5_mix665k.json` (48 samples: single-turn short-answer VQA,
+  single-turn multiple choice answered with the option's letter (as mix665k's A-OKVQA part),
   2-3 round conversations with `<image>` only in the first human turn, text-only samples without an
   `image` key); `llava_image_folder`: the image folder its `coco/train2017/...` paths are relative to.
 - `mmvp_vlm`: the MMVP-VLM layout: `Questions.csv` (`Question ID,Type,Statement`, 270 rows, 9 Types x
@@ -54,7 +55,9 @@ from PIL import Image
 
 from llava_plugin.toy.scenes import (
     COLORS,
+    NUMBER_WORDS,
     PATTERNS,
+    POSITIONS,
     SHAPES,
     Group,
     Pair,
@@ -269,12 +272,34 @@ TEXT_ONLY = (
 )
 
 
+MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."
+_ALTERNATIVES = {
+    "count": [str(n) for n in NUMBER_WORDS],
+    "color": [c.capitalize() for c in COLORS],
+    "position": [p.capitalize() for p in POSITIONS],
+    "presence": ["Yes", "No"],
+}
+
+
+def _multiple_choice(qa, rng: random.Random) -> tuple[str, str]:
+    """(human turn, letter) asking `qa` with 2-4 options, the true answer among them, written as
+    MMVP ("A. x") or CV-Bench ("(A) x") lists its options."""
+    wrong = [a for a in _ALTERNATIVES[qa.kind] if a != qa.answer]
+    options = [qa.answer] + rng.sample(wrong, min(len(wrong), rng.randint(1, 3)))
+    rng.shuffle(options)
+    letters = "ABCD"[: len(options)]
+    style = rng.choice(("{}. {}", "({}) {}"))
+    listed = "\n".join(style.format(letter, option) for letter, option in zip(letters, options))
+    question = qa.question.split("?")[0] + "?"
+    return f"<image>\n{question}\n{listed}\n{MULTIPLE_CHOICE}", letters[options.index(qa.answer)]
+
+
 def _write_llava_finetune(root: Path, rng: random.Random) -> dict[str, Path]:
     out = root / "llava_finetune"
     folder = out / "images"
     records = []
     for i in range(48):
-        kind = ("single", "multi", "single", "multi", "text")[i % 5]
+        kind = ("single", "multi", "choice", "multi", "text", "choice")[i % 6]
         if kind == "text":
             question, answer = TEXT_ONLY[(i // 5) % len(TEXT_ONLY)]
             records.append(
@@ -292,6 +317,8 @@ def _write_llava_finetune(root: Path, rng: random.Random) -> dict[str, Path]:
         if kind == "single":
             qa = qas[0]
             turns = [(f"<image>\n{qa.question}\n{SHORT_ANSWER}", qa.answer)]
+        elif kind == "choice":  # mix665k's multiple-choice format (A-OKVQA): the answer is the letter
+            turns = [_multiple_choice(qas[0], rng)]
         else:
             rounds = qas[: rng.choice((2, 3))]
             turns = [
