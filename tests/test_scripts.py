@@ -12,9 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["enhance.sh", "train_llava.sh", "eval.sh", "pipeline.sh"]
 
 
+# Set by in-process training tests (a 1-process group); a child must not rendezvous on that port.
+RENDEZVOUS_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_ENV}
     return subprocess.run(["bash", str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          timeout=timeout, env={**env, "HF_HUB_OFFLINE": "1"})
 
 
 def parsed_flags(script: str) -> set[str]:
