@@ -48,6 +48,22 @@ def require_dir(benchmark: str, path: Path, what: str, hint: str = "") -> Path:
     return path
 
 
+def read_csv_rows(benchmark: str, csv_path: Path, header: list[str], n_rows: int, header_note: str = "",
+                  rows_note: str = "") -> list[list[str]]:
+    """The data rows of a benchmark CSV whose header and row count are fixed by the release
+    (scoring is positional, so a different count is a layout error, not a smaller benchmark)."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0]] != header:
+        raise DatasetLayoutError(benchmark, f"the header row {','.join(header)}{header_note}", csv_path,
+                                 f"found {rows[0] if rows else 'an empty file'}")
+    if len(rows) - 1 != n_rows:
+        raise DatasetLayoutError(benchmark, f"{n_rows} question rows{rows_note}", csv_path, f"found {len(rows) - 1}")
+    return rows[1:]
+
+
 def open_rgb(source: Path | str | bytes) -> Image.Image | None:
     """The image (a path or encoded bytes) as RGB, or None when it is missing, empty, truncated or
     not an image: the caller counts the sample as wrong and lists it, the run goes on."""

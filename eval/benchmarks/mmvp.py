@@ -24,7 +24,6 @@ file still carries the original labels and refuses a file that is already correc
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from eval.benchmarks.common import (
     open_rgb,
     percent,
     problem_lists,
+    read_csv_rows,
     require_dir,
     require_file,
 )
@@ -82,20 +82,10 @@ def load(data_dir: Path | str, fix_label_swap: bool = True) -> list[Question]:
         "Download the MMVP/MMVP dataset and pass its root directory as --data",
     )
     images = require_dir(NAME, root / IMAGES_DIR, f"the image folder '{IMAGES_DIR}' with 1.jpg ... 300.jpg")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    if not rows or [c.strip() for c in rows[0]] != HEADER:
-        raise DatasetLayoutError(
-            NAME,
-            f"the header row {','.join(HEADER)} (with the release's 'lndex' typo)",
-            csv_path,
-            f"found {rows[0] if rows else 'an empty file'}",
-        )
-    if len(rows) - 1 != QUESTIONS:
-        raise DatasetLayoutError(NAME, f"{QUESTIONS} question rows", csv_path, f"found {len(rows) - 1}")
+    body = read_csv_rows(NAME, csv_path, HEADER, QUESTIONS, header_note=" (with the release's 'lndex' typo)")
     labels = {}
     questions = []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in enumerate(body, start=2):
         if len(row) != 4:
             raise DatasetLayoutError(
                 NAME, "4 columns per row", csv_path, f"line {line} has {len(row)}: {row}"

@@ -16,7 +16,6 @@ The official rule (tsb0601/MMVP scripts/evaluate_vlm.py, checked by hand):
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from eval.benchmarks.common import (
     open_rgb,
     percent,
     problem_lists,
+    read_csv_rows,
     require_dir,
     require_file,
 )
@@ -80,23 +80,7 @@ def load(data_dir: Path | str) -> list[Statement]:
         "Download the MMVP/MMVP_VLM dataset and pass its root directory as --data",
     )
     images = require_dir(NAME, root / IMAGES_DIR, f"the image folder '{IMAGES_DIR}' (one subfolder per Type)")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    if not rows or [c.strip() for c in rows[0]] != HEADER:
-        raise DatasetLayoutError(
-            NAME,
-            f"a header row {','.join(HEADER)}",
-            csv_path,
-            f"found {rows[0] if rows else 'an empty file'}",
-        )
-    body = rows[1:]
-    if len(body) != ROWS:
-        raise DatasetLayoutError(
-            NAME,
-            f"{ROWS} question rows (categories are assigned by position)",
-            csv_path,
-            f"found {len(body)}",
-        )
+    body = read_csv_rows(NAME, csv_path, HEADER, ROWS, rows_note=" (categories are assigned by position)")
     statements = []
     for i, row in enumerate(body):
         if len(row) != 3:
