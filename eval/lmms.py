@@ -79,6 +79,7 @@ from tqdm import tqdm
 
 from eval.benchmarks.common import write_results
 from eval.mllm import IMAGE_TOKEN, format_prompt, generate, load_mllm, mean_color
+from llava_plugin.distributed import child_environment
 from llava_plugin.images import pad_to_square
 
 MODEL_NAME = "genfeedback_llava"
@@ -434,7 +435,7 @@ def evaluate(
     if limit is not None:
         command += ["--limit", str(limit)]
     results_file = run_lmms_eval(
-        command, output / "lmms_eval", output / "lmms_eval.log", {**subprocess_environment(), **env}
+        command, output / "lmms_eval", output / "lmms_eval.log", {**child_environment(), **env}
     )
     results = json.loads(results_file.read_text())
     missing = [t for t in local_names.values() if t not in results.get("results", {})]
@@ -469,16 +470,6 @@ def evaluate(
         write_results(output / name, predictions, metrics)
         all_metrics[name] = metrics
     return all_metrics
-
-
-# A launcher's (or an earlier in-process training's) rendezvous settings must not leak into the
-# single-process lmms-eval run: it would try to join, or bind, the same process group.
-DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                   "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
-
-
-def subprocess_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
 
 
 def run_lmms_eval(command: list[str], results_dir: Path, log_path: Path, env: dict) -> Path:

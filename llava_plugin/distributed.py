@@ -45,6 +45,17 @@ def init() -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=datetime.timedelta(minutes=30))
 
 
+# What `init()` (or a launcher) puts in the environment to rendezvous; a child process that runs its
+# own process group must not inherit it, or it would try to join or bind this process's group.
+RENDEZVOUS_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                  "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment without the rendezvous settings, for an independent child run."""
+    return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_ENV}
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 

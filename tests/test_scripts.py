@@ -1,23 +1,20 @@
 """The shell entry points: every flag documented, bad input stopped before any work, and the
 toy pipeline end to end (slow)."""
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from llava_plugin.distributed import child_environment
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["enhance.sh", "train_llava.sh", "eval.sh", "pipeline.sh"]
 
 
-# Set by in-process training tests (a 1-process group); a child must not rendezvous on that port.
-RENDEZVOUS_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
 def run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_ENV}
+    env = child_environment()  # in-process training tests left a 1-rank rendezvous in os.environ
     return subprocess.run(["bash", str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
                           timeout=timeout, env={**env, "HF_HUB_OFFLINE": "1"})
 
@@ -67,7 +64,7 @@ def test_bad_input_stops_before_any_work(script, args, message, tmp_path):
     result = run(script, *args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
-    assert not re.search(r"^\[\d\d:\d\d:\d\d\] ", result.stderr, re.M)  # no stage was launched
+    assert not re.search(r"^\[\d\d:\d\d:\d\d\] ", result.stderr, re.MULTILINE)  # no stage was launched
 
 
 @pytest.mark.slow
