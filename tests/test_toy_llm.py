@@ -1,6 +1,5 @@
 """The zoo's tiny vicuna: hub layout, LLaMA tokenizer behaviour, determinism."""
 import json
-import time
 
 import pytest
 import torch
@@ -12,9 +11,7 @@ from llava_plugin.toy.llm import TOKENIZER_VOCAB_SIZE, scene_corpus, train_sente
 @pytest.fixture(scope="module")
 def llm_dir(tmp_path_factory):
     zoo = Zoo(root=tmp_path_factory.mktemp("llm_zoo"))
-    start = time.perf_counter()
     write_llm(zoo, seed=0)
-    assert time.perf_counter() - start < 30  # ~4 s on an idle core; the margin absorbs a busy CI machine
     return zoo.llm
 
 
