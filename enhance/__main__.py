@@ -103,11 +103,11 @@ def config_from_args(args) -> EnhanceConfig:  # noqa: F821
 
 
 def cmd_train(args) -> int:
-    from enhance import distributed
-    from enhance.trainer import Trainer
+    from llava_plugin import distributed
+    from enhance.trainer import EnhanceTrainer
 
     cfg = config_from_args(args)
-    trainer = Trainer(cfg)
+    trainer = EnhanceTrainer(cfg)
     summary = trainer.fit()
     if distributed.is_main():
         print(json.dumps(summary, indent=2, default=str))
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> int:
     """Process entry point: main(), then leave the process group (all ranks together)."""
-    from enhance import distributed
+    from llava_plugin import distributed
 
     code = main()
     distributed.shutdown()

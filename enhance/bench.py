@@ -97,16 +97,16 @@ class PeakMemory:
 def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, steps: int, warmup: int,
               workdir: Path, memory: PeakMemory) -> dict:
     from enhance.config import load_config
-    from enhance.trainer import Trainer
+    from enhance.trainer import EnhanceTrainer
     from llava_plugin.config import deep_merge
 
     run_dir = workdir / f"{preset}-{variant}"
     fixed = {"output_dir": str(run_dir), "schedule": {"max_steps": warmup + steps},
              "checkpointing": {"every_steps": 0, "resume": "none"},
-             "logging": {"diagnose_images": 0, "progress_bar": False}}
+             "logging": {"progress_bar": False}, "diagnose": {"images": 0}}
     cfg = load_config(preset=preset, overrides=deep_merge(deep_merge(overrides, VARIANTS[variant]), fixed), zoo=zoo)
     start = time.perf_counter()
-    trainer = Trainer(cfg).setup()
+    trainer = EnhanceTrainer(cfg).setup()
     setup_s = time.perf_counter() - start
     memory.reset()  # models loaded: what the steps add on top is what the variants change
     trainer.train(warmup)
@@ -115,7 +115,7 @@ def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, st
     seconds = time.perf_counter() - start
     peak = memory.peak_mb()
     baseline = memory.baseline_mb
-    images = steps * cfg.data.global_batch_size
+    images = steps * cfg.batch.global_batch_size
     result = {"preset": preset, "method": cfg.method_name, "variant": variant, "steps": steps,
               "images": images, "seconds": seconds, "images_per_s": images / seconds, "peak_mb": peak,
               "peak_over_baseline_mb": peak - baseline,
@@ -143,7 +143,7 @@ def format_table(rows: list[dict], memory_kind: str) -> str:
 
 
 def main(args) -> int:
-    from enhance import distributed
+    from llava_plugin import distributed
     from enhance.config import ConfigError, presets
     from llava_plugin.config import deep_merge, parse_overrides
 

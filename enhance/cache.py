@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from enhance import distributed
+from llava_plugin import distributed
 from enhance.data import BadImage, ImageSource
 
 MANIFEST = "manifest.json"

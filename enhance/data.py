@@ -1,4 +1,4 @@
-"""Image sources and the deterministic, resumable micro-batch plan of a training run.
+"""Image sources, and the micro-batches a training run reads from them.
 
 A source is an indexable list of images (`open_source(spec)`):
     DIR                      every image file under DIR (recursive, sorted)
@@ -7,10 +7,11 @@ A source is an indexable list of images (`open_source(spec)`):
     pattern ({00000..00099}.tar), or a directory holding only .tar files
 Shards are indexed once (tar headers only), then read by offset, so any rank can read any image.
 
-The order is a pure function of (seed, epoch), so the run's position is just its step: optimizer
-step s consumes stream positions [s*G, (s+1)*G) (G = global batch), split into micro-batches of m
-images; micro-batch j of the step goes to rank j % world at accumulation index j // world. Each
-rank decodes only its own micro-batches, and every rank count sees the same global batches.
+Who reads what is llava_plugin.train.plan's: the images form a stream of seeded epoch
+permutations (`StreamOrder`), optimizer step s consumes stream positions [s*G, (s+1)*G) (G = global
+batch) in micro-batches of m images, and micro-batch j of a step goes to rank j % world at
+accumulation index j // world. Each rank decodes only its own micro-batches, and every rank count
+sees the same global batches.
 
 Unreadable images (zero-size, truncated, not an image) are skipped, never a crash: the slot is
 refilled by the next readable image in dataset order, and every failure is counted and reported
@@ -25,11 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from llava_plugin.images import ImageDecodeError, decode_rgb
+from llava_plugin.train.plan import StreamOrder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_CONSECUTIVE_BAD = 64  # more unreadable images in a row than this means the source itself is broken
@@ -224,67 +225,7 @@ def open_source(spec: str | Path) -> ImageSource:
     return source
 
 
-# --------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class BatchPlan:
-    """Which images each rank reads at each step (see module docstring)."""
-
-    num_images: int
-    global_batch: int
-    micro_batch: int
-    world_size: int
-    rank: int
-    seed: int
-    shuffle: bool = True
-
-    @property
-    def micro_per_step(self) -> int:
-        return self.global_batch // self.micro_batch
-
-    @property
-    def accumulation(self) -> int:
-        return self.micro_per_step // self.world_size
-
-    def check(self) -> None:
-        if self.micro_per_step % self.world_size:
-            raise DataError(
-                f"data.global_batch_size={self.global_batch} with data.micro_batch_size={self.micro_batch} gives "
-                f"{self.micro_per_step} micro-batches per step, not divisible by world size {self.world_size}; "
-                f"make global_batch_size a multiple of micro_batch_size x {self.world_size}")
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_images)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
-
-    def positions(self, micro_index: int) -> range:
-        """Global stream positions of global micro-batch `micro_index` (= step * micro_per_step + j)."""
-        start = micro_index * self.micro_batch
-        return range(start, start + self.micro_batch)
-
-    def rank_micro_indices(self, step: int) -> list[int]:
-        """This rank's global micro-batch indices of optimizer step `step`, in accumulation order."""
-        base = step * self.micro_per_step
-        return [base + a * self.world_size + self.rank for a in range(self.accumulation)]
-
-    def epoch_of(self, step: int) -> float:
-        return step * self.global_batch / self.num_images
-
-
-class PlanSampler(torch.utils.data.Sampler):
-    """This rank's global micro-batch indices for steps [start_step, end_step)."""
-
-    def __init__(self, plan: BatchPlan, start_step: int, end_step: int):
-        self.plan, self.start_step, self.end_step = plan, start_step, end_step
-
-    def __iter__(self):
-        for step in range(self.start_step, self.end_step):
-            yield from self.plan.rank_micro_indices(step)
-
-    def __len__(self):
-        return max(0, self.end_step - self.start_step) * self.plan.accumulation
-
-
+# --------------------------------------------------------------------------- micro-batches
 class MicroBatches(torch.utils.data.Dataset):
     """Global micro-batch index -> preprocessed tensors (+ cached targets) and skip accounting.
 
@@ -292,26 +233,18 @@ class MicroBatches(torch.utils.data.Dataset):
             "tried": images attempted, "bad": [(key, reason), ...]}.
     """
 
-    def __init__(self, source: ImageSource, plan: BatchPlan,
+    def __init__(self, source: ImageSource, order: StreamOrder,
                  preprocess: Callable[[list[Image.Image]], dict[str, torch.Tensor]],
                  targets: Callable[[list[int]], dict[str, torch.Tensor]] | None = None):
-        self.source, self.plan, self.preprocess, self.targets = source, plan, preprocess, targets
-        self._perms: dict[int, np.ndarray] = {}
+        self.source, self.order, self.preprocess, self.targets = source, order, preprocess, targets
 
     def __len__(self):  # indices are unbounded (epochs repeat); the sampler bounds them
         return 2**62
 
-    def _index_at(self, position: int) -> int:
-        epoch, offset = divmod(position, self.plan.num_images)
-        if epoch not in self._perms:
-            self._perms = {epoch: self.plan.permutation(epoch)}  # only the current epoch is needed
-        return int(self._perms[epoch][offset])
-
     def __getitem__(self, micro_index: int) -> dict:
         images, indices, bad = [], [], []
         tried = 0
-        for position in self.plan.positions(micro_index):
-            index = self._index_at(position)
+        for index in self.order.micro_batch_items(micro_index):
             for _ in range(MAX_CONSECUTIVE_BAD + 1):
                 tried += 1
                 try:
@@ -320,7 +253,7 @@ class MicroBatches(torch.utils.data.Dataset):
                     break
                 except BadImage as err:
                     bad.append((self.source.key(index), str(err)))
-                    index = (index + 1) % self.plan.num_images
+                    index = (index + 1) % self.order.num_items
             else:
                 raise DataError(f"{MAX_CONSECUTIVE_BAD + 1} unreadable images in a row near "
                                 f"{self.source.key(index)} in {self.source.description}: the source looks broken")

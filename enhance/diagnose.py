@@ -9,7 +9,7 @@ rolled by one along the batch, so no image keeps its own). Per timestep band:
                     condition, and generative feedback can then only make the encoder drift
 
 `python -m enhance diagnose` writes the JSON and prints the table; `train` runs a small
-version at start and warns when the relative gap is below `logging.min_relative_gap`.
+version at start and warns when the relative gap is below `diagnose.min_relative_gap`.
 """
 from __future__ import annotations
 

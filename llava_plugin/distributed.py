@@ -1,10 +1,8 @@
-"""Process-group and DeepSpeed helpers that every training stage needs the same way.
+"""Process-group helpers that every stage needs the same way (DeepSpeed's engine-side helpers
+are llava_plugin.train.deepspeed's).
 
 - `init()` joins the process group a launcher (torchrun, deepspeed) set up, or creates a
   1-process group when run plainly; gloo on CPU, nccl on GPU.
-- `gathered_state_dict(engine)` gives rank 0 the complete weights of a DeepSpeed engine's
-  module, gathering ZeRO-3 partitions first (a partitioned parameter is an empty tensor on
-  every rank, so saving without gathering writes nothing).
 
 Set GENFEEDBACK_SKIP_SHM_OP=1 to skip DeepSpeed's CPU shared-memory collective op (an ~80 s
 JIT compile on first use; gloo does the same job for tests and small runs).
@@ -105,30 +103,3 @@ def broadcast_object(obj):
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
-
-def zero_stage(engine) -> int:
-    return int(engine.zero_optimization_stage()) if hasattr(engine, "zero_optimization_stage") else 0
-
-
-def gathered_state_dict(engine) -> dict[str, torch.Tensor] | None:
-    """Collective (every rank must call it): the module's full state dict, on CPU, on rank 0
-    (None on other ranks). Under ZeRO-3 each parameter is gathered from its partitions one at a
-    time, so no rank ever holds more than the model plus one parameter."""
-    module = engine.module if hasattr(engine, "module") else engine
-    if zero_stage(engine) < 3:
-        if not is_main():
-            return None
-        return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
-    import deepspeed
-
-    state = {}
-    params = dict(module.named_parameters())
-    for name, tensor in module.state_dict(keep_vars=True).items():
-        param = params.get(name)
-        if param is not None and hasattr(param, "ds_id"):
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                if is_main():
-                    state[name] = param.data.detach().cpu().clone()
-        elif is_main():
-            state[name] = tensor.detach().cpu().clone()
-    return state if is_main() else None

@@ -89,7 +89,8 @@ def train_config(args, stage: str):
                   "init_from": getattr(args, "init_from", None)},
         "data": {"data_path": args.data, "image_folder": args.image_folder,
                  "skip_bad_samples": True if args.skip_bad_samples else None},
-        "output_dir": args.output, "deepspeed": args.deepspeed, "max_steps": args.max_steps,
+        "output_dir": args.output, "deepspeed": {"config": args.deepspeed},
+        "schedule": {"max_steps": args.max_steps},
     }
     preset = resolve_preset(args)
     data = deep_merge(config_module.preset_data(preset), _drop_none(flags))
@@ -120,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(config_module.help_lines()))
             return 0
         from llava_plugin import distributed
-        from mllm_train.trainer import Trainer
+        from mllm_train.trainer import LlavaTrainer
 
-        trainer = Trainer(train_config(args, args.command))
+        trainer = LlavaTrainer(train_config(args, args.command))
         try:
             out = trainer.fit(stop_after=args.stop_after)
             if distributed.is_main():
                 print(json.dumps({"export": str(out) if out else None, "step": trainer.step,
-                                  "total_steps": trainer.total_steps}))
+                                  "total_steps": trainer.max_steps}))
         finally:
             distributed.shutdown()
         return 0
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench.run(args)
     if args.command == "import-original":
-        from llava_plugin.llava import load_llava, save_llava
+        from llava_plugin.convert_llava import load_llava
+        from llava_plugin.llava import save_llava
 
         model, processor = load_llava(args.source, vision_tower=args.vision_tower)
         out = save_llava(model, processor, args.output, metadata={"imported_from": args.source,

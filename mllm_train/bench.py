@@ -83,8 +83,8 @@ def run_variant(spec: dict) -> dict:
                            image_token_id=llava.config.image_token_id, num_image_tokens=llava.config.image_seq_length)
     collate = (PackedCollator() if spec["batching"] == "grouped_packed"
                else Collator(default_pad_token_id(processor.tokenizer)))
-    batches = micro_batches(dataset.lengths, dataset.has_image, cfg.micro_batch_size, spec["batching"],
-                            spec["steps"] + 1, cfg.seed, spec["group_mult"])
+    batches = micro_batches(dataset.lengths, dataset.has_image, cfg.batch.micro_batch_size, spec["batching"],
+                            spec["steps"] + 1, cfg.data.seed, spec["group_mult"])
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim))
@@ -137,7 +137,7 @@ def bench(config: dict, steps: int, group_mult: int) -> list[dict]:
     results = []
     for gc, batching in VARIANTS:
         variant_config = json.loads(json.dumps(config))
-        variant_config.setdefault("model", {})["gradient_checkpointing"] = gc
+        variant_config.setdefault("precision", {})["gradient_checkpointing"] = gc
         spec = {"config": variant_config, "batching": batching, "gradient_checkpointing": gc, "steps": steps,
                 "group_mult": group_mult}
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -165,11 +165,11 @@ def run(args: argparse.Namespace) -> int:
         "lora": {"enabled": False},
     })
     if args.micro_batch:
-        config["micro_batch_size"] = config["global_batch_size"] = args.micro_batch
+        config["batch"] = {"micro_batch_size": args.micro_batch, "global_batch_size": args.micro_batch}
     config = deep_merge(config, parse_overrides(args.set))
     results = bench(config, args.steps, args.group_mult)
     print(table(results))
-    payload = {"preset": args.preset, "micro_batch_size": config["micro_batch_size"], "results": results}
+    payload = {"preset": args.preset, "micro_batch_size": config["batch"]["micro_batch_size"], "results": results}
     print(json.dumps(payload))
     if args.json:
         with open(args.json, "w") as f:

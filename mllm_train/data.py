@@ -14,7 +14,6 @@ silently change the batches.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,7 @@ import torch
 
 from llava_plugin.config import ConfigError
 from llava_plugin.images import ImageDecodeError, decode_rgb, pad_to_square, processor_mean_color
+from llava_plugin.train.plan import modality_length_steps
 from mllm_train.conversation import (
     GPT,
     HUMAN,
@@ -54,6 +54,14 @@ class DataConfig:
         "help": "drop and count samples that fail the checks instead of raising"})
     max_skip_fraction: float = field(default=0.01, metadata={
         "help": "with skip_bad_samples: raise if more than this fraction of the samples was dropped"})
+    group_by_modality_length: bool = field(default=False, metadata={
+        "help": "steps that are all-image or all-text with length-balanced micro-batches (LLaVA-1.5 finetune: "
+                "true; llava_plugin.train.plan.modality_length_steps)"})
+    pack_sequences: bool = field(default=False, metadata={
+        "help": "concatenate each micro-batch into one row without padding (mllm_train.packing; same loss, "
+                "fewer positions computed). LLaVA-1.5 pads."})
+    seed: int = field(default=42, metadata={"help": "seeds the data order: order = f(seed, epoch)"})
+    num_workers: int = field(default=4, metadata={"help": "DataLoader workers (0: in-process)"})
     verify: bool = field(default=False, metadata={
         "help": "also tokenize every sample and decode every image when the dataset is built "
                 "(slower; catches every bad sample before training starts)"})
@@ -65,6 +73,8 @@ class DataConfig:
             raise ConfigError(f"data.max_length={self.max_length}: must be positive (LLaVA-1.5 uses 2048)")
         if not 0 <= self.max_skip_fraction <= 1:
             raise ConfigError(f"data.max_skip_fraction={self.max_skip_fraction}: must be in [0, 1]")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -314,35 +324,8 @@ class ModalityLengthGroupedBatchSampler(torch.utils.data.Sampler):
 
     def steps(self) -> list[list[list[int]]]:
         """This epoch's global plan: step -> per-rank batches of dataset indices."""
-        rng = random.Random(f"{self.seed}/{self.epoch}")
-        step_size = self.world_size * self.batch_size
-        mega_size = self.megabatch_mult * step_size
-        steps = []
-        for modality in (True, False):
-            indices = [i for i, flag in enumerate(self.has_image) if flag == modality]
-            rng.shuffle(indices)
-            for start in range(0, len(indices), mega_size):
-                mega = sorted(indices[start:start + mega_size], key=lambda i: -self.lengths[i])
-                for k in range(0, len(mega), step_size):
-                    step = mega[k:k + step_size]
-                    if len(step) < step_size:
-                        if self.drop_last:
-                            continue
-                        step = step + [step[j % len(step)] for j in range(-len(step) % self.world_size)]
-                    steps.append(step)
-        rng.shuffle(steps)
-        return [self._deal(step) for step in steps]
-
-    def _deal(self, step: list[int]) -> list[list[int]]:
-        """Longest first, each to the rank with the least total length that still has room."""
-        per_rank = len(step) // self.world_size
-        batches = [[] for _ in range(self.world_size)]
-        totals = [0] * self.world_size
-        for index in sorted(step, key=lambda i: -self.lengths[i]):
-            rank = min((r for r in range(self.world_size) if len(batches[r]) < per_rank), key=lambda r: totals[r])
-            batches[rank].append(index)
-            totals[rank] += self.lengths[index]
-        return batches
+        return modality_length_steps(self.lengths, self.has_image, self.batch_size, self.world_size, self.seed,
+                                     self.epoch, drop_last=self.drop_last, megabatch_mult=self.megabatch_mult)
 
     def __iter__(self):
         for batches in self.steps():

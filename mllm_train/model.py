@@ -14,9 +14,10 @@ import importlib.util
 import torch
 from torch import nn
 
-from llava_plugin.llava import build_llava, load_llava, load_mm_projector
+from llava_plugin.convert_llava import load_llava
+from llava_plugin.llava import build_llava, load_mm_projector
 from llava_plugin.registry import load_tower
-from mllm_train.config import LoraConfig, OptimConfig, TrainConfig
+from mllm_train.config import LlavaOptimConfig, LoraConfig, TrainConfig
 
 PROJECTOR = "model.multi_modal_projector."
 TOWER = "model.vision_tower."
@@ -37,7 +38,7 @@ def resolve_attn_implementation(requested: str) -> str:
 
 
 def training_dtype(cfg: TrainConfig) -> torch.dtype:
-    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    return cfg.precision.torch_dtype
 
 
 def build_model(cfg: TrainConfig):
@@ -58,7 +59,7 @@ def build_model(cfg: TrainConfig):
     if m.pretrained_projector:
         load_mm_projector(model, m.pretrained_projector)
     set_use_cache(model, False)  # no KV cache in training (it also disables packed masks); export turns it on
-    if m.gradient_checkpointing:
+    if cfg.precision.gradient_checkpointing:
         enable_activation_checkpointing(model)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
@@ -140,7 +141,7 @@ def freeze_for(model, stage: str, *, lora: bool = False) -> list[str]:
     return trainable
 
 
-def param_groups(model, optim: OptimConfig) -> list[dict]:
+def param_groups(model, optim: LlavaOptimConfig) -> list[dict]:
     """AdamW groups: the projector (at `projector_lr` when set) and the rest of what trains."""
     projector, rest = [], []
     for name, param in model.named_parameters():

@@ -77,7 +77,7 @@ if TinyReconstruction.name not in METHODS:
 
 
 if __name__ == "__main__":
-    from enhance import distributed
+    from llava_plugin import distributed
     from enhance.__main__ import main
 
     code = main(sys.argv[1:])

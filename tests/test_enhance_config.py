@@ -4,7 +4,6 @@ import json
 import pytest
 
 from enhance.config import PRESET_DIR, ConfigError, load_config, presets
-from enhance.trainer import lr_lambda
 from llava_plugin.config import load_yaml_preset
 
 
@@ -22,7 +21,7 @@ def paper_zoo(tmp_path):
 def test_every_preset_parses_with_its_methods_config(name, paper_zoo):
     cfg = load_config(preset=name, zoo=str(paper_zoo))
     assert type(cfg.method_config()).__name__.endswith("Config")  # the method section is the method's own
-    assert cfg.data.global_batch_size % cfg.data.micro_batch_size == 0
+    assert cfg.batch.global_batch_size % cfg.batch.micro_batch_size == 0
     if name.startswith("tiny-"):
         assert cfg.vision_tower == str(paper_zoo / "clip")
         assert cfg.data.source == str(paper_zoo / "scenes")
@@ -40,20 +39,20 @@ def test_paper_numbers_in_presets():
     diva = load_config(preset="diva-openai-l14-224")
     assert (diva.optim.name, diva.optim.lr, diva.optim.momentum, diva.optim.weight_decay) == ("sgd", 1e-4, 0.9, 0.0)
     assert (diva.schedule.kind, diva.schedule.max_steps, diva.schedule.warmup_ratio) == ("cosine", 4600, 0.005)
-    assert (diva.data.global_batch_size, diva.precision.dtype) == (640, "bf16")
+    assert (diva.batch.global_batch_size, diva.precision.dtype) == (640, "bf16")
     assert diva.vision_tower == "openai/clip-vit-large-patch14"
     un2 = load_config(preset="un2clip-openclip-h14-224")
-    assert (un2.optim.name, un2.optim.lr, un2.data.global_batch_size, un2.schedule.epochs) == ("adamw", 3e-7, 32, 1.0)
+    assert (un2.optim.name, un2.optim.lr, un2.batch.global_batch_size, un2.schedule.epochs) == ("adamw", 3e-7, 32, 1.0)
     for backbone in ("openai-l14-224", "openai-l14-336", "openclip-h14-224", "siglip-so14-384"):
         assert load_config(preset=f"un2clip-{backbone}").method_name == "un2clip"
     s1 = load_config(preset="genhancer-openai-l14-224-stage1")
     s2 = load_config(preset="genhancer-openai-l14-224-stage2")
-    assert (s1.method["stage"], s1.optim.lr, s1.optim.weight_decay, s1.data.global_batch_size) == (1, 1e-4, 0.01, 256)
+    assert (s1.method["stage"], s1.optim.lr, s1.optim.weight_decay, s1.batch.global_batch_size) == (1, 1e-4, 0.01, 256)
     assert (s2.method["stage"], s2.optim.lr, s2.schedule.kind, s2.schedule.warmup_steps) == (2, 1e-5, "constant", 10)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"data": {"global_batch_size": 10, "micro_batch_size": 4}}, r"data.global_batch_size=10 .*multiple.*e.g. 2"),
+    ({"batch": {"global_batch_size": 10, "micro_batch_size": 4}}, r"batch.global_batch_size=10 .*multiple.*e.g. 2"),
     ({"optim": {"lr": 0}}, r"optim.lr=0"),
     ({"optim": {"name": "lamb"}}, r"optim.name='lamb': expected one of \['sgd', 'adamw'\]"),
     ({"optim": {"lrr": 1}}, r"unknown config key 'optim.lrr'; did you mean \['lr'\]"),
@@ -64,7 +63,7 @@ def test_paper_numbers_in_presets():
     ({"method": {"name": "diva", "num_noise_draws": 0}}, r"method.num_noise_draws=0"),
     ({"method": {}}, r"method.name is not set: pass --method"),
     ({"checkpointing": {"resume": "/no/such/dir"}}, r"checkpointing.resume='/no/such/dir'"),
-    ({"logging": {"diagnose_images": 1}}, r"logging.diagnose_images=1"),
+    ({"diagnose": {"images": 1}}, r"diagnose.images=1"),
     ({"vision_tower": "zoo:clip"}, r"vision_tower='zoo:clip'.*--zoo"),
 ])
 def test_config_errors_name_field_value_and_fix(overrides, message):
@@ -85,11 +84,11 @@ def test_deepspeed_json_with_optimizer_block_is_refused(tmp_path):
 
 
 def test_run_fields_are_required_before_training():
-    from enhance.trainer import Trainer
+    from enhance.trainer import EnhanceTrainer
 
     cfg = load_config(preset="diva-openai-l14-224")
     with pytest.raises(ConfigError, match="generator is not set: pass --generator"):
-        Trainer(cfg)
+        EnhanceTrainer(cfg)
 
 
 def test_cli_flags_map_to_config_fields(tmp_path):
@@ -103,7 +102,7 @@ def test_cli_flags_map_to_config_fields(tmp_path):
     assert (cfg.vision_tower, cfg.generator, cfg.data.source, cfg.output_dir) == ("T", "G", "D", str(tmp_path))
     assert (cfg.deepspeed.config, cfg.schedule.max_steps, cfg.optim.lr) == ("zero3", 7, 2e-7)
     assert cfg.method == {"name": "un2clip", "noise_level": 3}
-    assert cfg.optim.name == "adamw" and cfg.data.global_batch_size == 32  # the method's preset by default
+    assert cfg.optim.name == "adamw" and cfg.batch.global_batch_size == 32  # the method's preset by default
 
 
 def test_help_documents_every_field(capsys):
@@ -115,8 +114,8 @@ def test_help_documents_every_field(capsys):
     for flag in ("--method", "--vision-tower", "--generator", "--data", "--output", "--preset", "--deepspeed",
                  "--max-steps", "--set", "open_clip:ARCH@CHECKPOINT"):
         assert flag in text
-    for key in ("data.global_batch_size", "optim.lr", "schedule.warmup_ratio", "precision.gradient_checkpointing",
-                "cache.latents", "checkpointing.keep_last", "logging.min_relative_gap"):
+    for key in ("batch.global_batch_size", "optim.lr", "schedule.warmup_ratio", "precision.gradient_checkpointing",
+                "cache.latents", "checkpointing.keep_last", "diagnose.min_relative_gap"):
         assert key in text
     assert main(["presets"]) == 0
     assert "diva-openai-l14-224" in capsys.readouterr().out
@@ -124,12 +123,3 @@ def test_help_documents_every_field(capsys):
     assert "method.num_noise_draws (default 2)" in capsys.readouterr().out
     assert main(["presets", "--method", "nope"]) == 2
     assert "known methods" in capsys.readouterr().err
-
-
-def test_lr_schedule_shapes():
-    kw = dict(max_steps=10, warmup=2, min_ratio=0.0)
-    assert [lr_lambda(s, kind="cosine", **kw) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
-    assert lr_lambda(6, kind="cosine", **kw) == pytest.approx(0.5)
-    assert lr_lambda(10, kind="cosine", **kw) == pytest.approx(0.0)
-    assert [lr_lambda(s, kind="constant", **kw) for s in (0, 5, 9)] == [0.5, 1.0, 1.0]
-    assert lr_lambda(10, kind="cosine", max_steps=10, warmup=0, min_ratio=0.1) == pytest.approx(0.1)

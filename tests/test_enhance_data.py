@@ -1,16 +1,16 @@
-"""enhance/data.py: the three source kinds, broken images, RGB conversion, the deterministic
-per-rank plan (same global batches for every world size), resumable position."""
+"""enhance/data.py: the three source kinds, broken images, RGB conversion, micro-batches read
+through the shared plan (its world-size invariance is tested in test_train_core.py)."""
 import json
 
 import pytest
 from PIL import Image
 
+from llava_plugin.train.plan import StreamOrder
+
 from enhance.data import (
     BadImageTracker,
-    BatchPlan,
     DataError,
     MicroBatches,
-    PlanSampler,
     decode_image,
     expand_braces,
     open_source,
@@ -88,45 +88,11 @@ def test_expand_braces():
     assert expand_braces("plain.tar") == ["plain.tar"]
 
 
-def _positions_by_step(world, steps, **kw):
-    """{step: [dataset indices of the global batch, in global micro-batch order]} over all ranks."""
-    out = {}
-    for rank in range(world):
-        plan = BatchPlan(num_images=20, global_batch=8, micro_batch=2, world_size=world, rank=rank, seed=3, **kw)
-        plan.check()
-        ds = MicroBatches(source=None, plan=plan, preprocess=None)
-        for step in range(steps):
-            for micro in plan.rank_micro_indices(step):
-                out.setdefault(step, {})[micro] = [ds._index_at(p) for p in plan.positions(micro)]
-    return {s: [i for m in sorted(v) for i in v[m]] for s, v in out.items()}
-
-
-def test_every_world_size_sees_the_same_global_batches():
-    one = _positions_by_step(1, 6)
-    assert _positions_by_step(2, 6) == one == _positions_by_step(4, 6)
-    epoch0 = one[0] + one[1] + one[2][:4]  # 20 images = 2.5 steps of 8
-    assert sorted(epoch0) == list(range(20))  # each image once per epoch
-    assert one[2][4:] != epoch0[:4] or one[3] != epoch0[4:12]  # the next epoch is reshuffled
-    assert _positions_by_step(1, 6) == one  # deterministic
-    assert _positions_by_step(1, 1, shuffle=False)[0] == list(range(8))
-    with pytest.raises(DataError, match="not divisible by world size 3"):
-        BatchPlan(num_images=20, global_batch=8, micro_batch=2, world_size=3, rank=0, seed=0).check()
-
-
-def test_sampler_resumes_at_a_step():
-    plan = BatchPlan(num_images=20, global_batch=8, micro_batch=2, world_size=2, rank=1, seed=0)
-    full = list(PlanSampler(plan, 0, 5))
-    assert list(PlanSampler(plan, 3, 5)) == full[3 * plan.accumulation:]
-    assert len(PlanSampler(plan, 3, 5)) == 2 * plan.accumulation
-    assert full[:2] == [1, 3]  # rank 1 takes micro-batches 1 and 3 of step 0
-
-
 def test_micro_batches_refill_bad_slots_and_report_them(data_zoo):
     source = open_source(data_zoo.data["scenes_corrupt"] / "captions.jsonl")
     bad_index = source.keys().index("images/empty.jpg")
-    plan = BatchPlan(num_images=len(source), global_batch=4, micro_batch=4, world_size=1, rank=0, seed=0,
-                     shuffle=False)
-    ds = MicroBatches(source, plan, preprocess=lambda images: {"n": len(images)})
+    order = StreamOrder(len(source), micro_batch=4, seed=0, shuffle=False)
+    ds = MicroBatches(source, order, preprocess=lambda images: {"n": len(images)})
     micro = bad_index // 4  # the micro-batch holding the empty file
     item = ds[micro]
     assert item["batch"]["n"] == 4  # the slot was refilled

@@ -32,8 +32,8 @@ def _free_port() -> int:
 def run_enhance(zoo, out: Path, nproc: int, zero: str, *extra: str) -> list[dict]:
     args = ["train", "--method", "test-reconstruct", "--preset", "base", "--vision-tower", str(zoo.clip),
             "--generator", "none", "--data", str(zoo.data["scenes"]), "--output", str(out), "--deepspeed", zero,
-            "--max-steps", "3", "--set", "data.global_batch_size=8", "--set", "data.micro_batch_size=2",
-            "--set", "data.num_workers=0", "--set", "optim.lr=1e-2", "--set", "logging.diagnose_images=0",
+            "--max-steps", "3", "--set", "batch.global_batch_size=8", "--set", "batch.micro_batch_size=2",
+            "--set", "data.num_workers=0", "--set", "optim.lr=1e-2", "--set", "diagnose.images=0",
             "--set", "logging.every_steps=1", "--set", "logging.progress_bar=false",
             "--set", "checkpointing.every_steps=2", *extra]
     if nproc == 1:
@@ -77,8 +77,8 @@ def test_two_ranks_follow_the_one_rank_loss_curve(dist_zoo, tmp_path, zero):
     import shutil
 
     shutil.copytree(tmp_path / "two" / "checkpoints", resumed_dir / "checkpoints")
-    assert sorted(p.name for p in (resumed_dir / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
-    shutil.rmtree(resumed_dir / "checkpoints" / "step-0000003")
+    assert sorted(p.name for p in (resumed_dir / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    shutil.rmtree(resumed_dir / "checkpoints" / "step-00000003")
     resumed = run_enhance(dist_zoo, resumed_dir, 2, zero, "--set", "precision.dtype=fp32")
     assert [r["step"] for r in resumed] == [3]
     assert resumed[0]["loss"] == pytest.approx(two[-1]["loss"], rel=1e-6)
@@ -93,7 +93,7 @@ def _weights_base(zoo):
 @pytest.mark.slow
 def test_zero3_bf16_exports_fp32_master_weights(dist_zoo, tmp_path):
     rows = run_enhance(dist_zoo, tmp_path / "bf16", 2, "zero3", "--set", "precision.dtype=bf16",
-                       "--set", "logging.diagnose_images=4")  # the start-of-run gap check on partitioned params
+                       "--set", "diagnose.images=4")  # the start-of-run gap check on partitioned params
     assert rows[0]["event"] == "diagnosis" and rows[0]["loss"] > 0
     rows = rows[1:]
     assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)

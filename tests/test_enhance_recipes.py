@@ -66,9 +66,9 @@ def test_un2clip_diagnose_reports_timestep_bands(recipe_zoo, tmp_path, capsys):
 
 def test_diva_latent_cache_matches_uncached(recipe_zoo, tmp_path):
     plain = train(recipe_zoo, "tiny-diva", tmp_path / "plain", "--max-steps", "2",
-                  "--set", "logging.diagnose_images=0")
+                  "--set", "diagnose.images=0")
     cached = train(recipe_zoo, "tiny-diva", tmp_path / "cached", "--max-steps", "2",
-                   "--set", "logging.diagnose_images=0", "--set", "cache.latents=true")
+                   "--set", "diagnose.images=0", "--set", "cache.latents=true")
     manifest = json.loads((tmp_path / "cached" / "latent_cache" / "manifest.json").read_text())
     assert manifest["method"] == "diva" and manifest["generator"] == str(recipe_zoo.sd21)
     assert [r["loss"] for r in cached] == pytest.approx([r["loss"] for r in plain], rel=1e-4)
@@ -85,7 +85,7 @@ def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tm
 
     stage2 = ["--generator", str(tmp_path / "stage1"), "--set", "method.stage=2", "--set", "optim.lr=1e-2",
               "--set", "schedule.warmup_steps=0", "--max-steps", "4", "--set", "checkpointing.every_steps=2",
-              "--set", "logging.diagnose_images=0", "--set", "precision.dtype=bf16"]
+              "--set", "diagnose.images=0", "--set", "precision.dtype=bf16"]
     full = train(recipe_zoo, preset, tmp_path / "full", *stage2)
     assert max_change(tmp_path / "full" / "vision_tower", recipe_zoo.clip) > 1e-5  # merged LoRA
     # bf16 run, fp32 export: weights LoRA does not touch keep their exact original values
@@ -95,11 +95,11 @@ def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tm
     assert untouched and all(torch.equal(exported[k], original[k]) for k in untouched)
 
     from enhance.__main__ import build_parser, config_from_args
-    from enhance.trainer import Trainer
+    from enhance.trainer import EnhanceTrainer
 
     args = build_parser().parse_args(["train", "--preset", preset, "--zoo", str(recipe_zoo.root), "--output",
                                       str(tmp_path / "resumed"), "--set", "logging.progress_bar=false", *stage2])
-    stopped = Trainer(config_from_args(args)).setup()
+    stopped = EnhanceTrainer(config_from_args(args)).setup()
     stopped.train(num_steps=2)
     del stopped
     resumed = train(recipe_zoo, preset, tmp_path / "resumed", *stage2)

@@ -14,7 +14,7 @@ import enhance_double  # noqa: F401  (registers test-reconstruct)
 from enhance.cache import StaleCacheError
 from enhance.config import load_config
 from enhance.data import DataError
-from enhance.trainer import Trainer
+from enhance.trainer import EnhanceTrainer
 from llava_plugin.config import deep_merge
 
 
@@ -30,12 +30,14 @@ def tiny_cfg(zoo, out, **overrides):
     base = {
         "method": {"name": "test-reconstruct"},
         "vision_tower": str(zoo.clip), "generator": "none", "output_dir": str(out),
-        "data": {"source": str(zoo.data["scenes"]), "global_batch_size": 8, "micro_batch_size": 4, "num_workers": 0},
+        "data": {"source": str(zoo.data["scenes"]), "num_workers": 0},
+        "batch": {"global_batch_size": 8, "micro_batch_size": 4},
         "optim": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.01},
         "schedule": {"max_steps": 4, "warmup_steps": 1, "kind": "cosine"},
         "precision": {"dtype": "fp32"},
         "checkpointing": {"every_steps": 2, "keep_last": 1},
-        "logging": {"every_steps": 1, "progress_bar": False, "diagnose_images": 0},
+        "logging": {"every_steps": 1, "progress_bar": False},
+        "diagnose": {"images": 0},
     }
     return load_config(preset="base", overrides=deep_merge(base, overrides))
 
@@ -51,13 +53,13 @@ def tower_weights(path):
 
 
 def test_resume_matches_uninterrupted_run(loop_zoo, tmp_path):
-    full = Trainer(tiny_cfg(loop_zoo, tmp_path / "full")).fit()
+    full = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "full")).fit()
 
-    stopped = Trainer(tiny_cfg(loop_zoo, tmp_path / "resumed")).setup()
+    stopped = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "resumed")).setup()
     stopped.train(num_steps=2)  # "killed" after the step-2 checkpoint
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-0000002"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-00000002"]
     del stopped
-    resumed = Trainer(tiny_cfg(loop_zoo, tmp_path / "resumed")).setup()
+    resumed = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "resumed")).setup()
     assert resumed.step == 2
     summary = resumed.fit()
     assert summary["steps"] == full["steps"] == 4
@@ -72,7 +74,7 @@ def test_resume_matches_uninterrupted_run(loop_zoo, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights are not bitwise equal"
     # keep_last=1: only the final checkpoint remains, and no half-written one
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-0000004"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-00000004"]
 
 
 def test_export_loads_and_differs_from_base(loop_zoo, tmp_path, caplog):
@@ -81,8 +83,8 @@ def test_export_loads_and_differs_from_base(loop_zoo, tmp_path, caplog):
     from llava_plugin.registry import load_tower, read_metadata
 
     cfg = tiny_cfg(loop_zoo, tmp_path / "run", precision={"dtype": "bf16"}, schedule={"max_steps": 2},
-                   checkpointing={"every_steps": 0}, logging={"diagnose_images": 4})
-    Trainer(cfg).fit()
+                   checkpointing={"every_steps": 0}, diagnose={"images": 4})
+    EnhanceTrainer(cfg).fit()
     export = tmp_path / "run" / "vision_tower"
     hf = CLIPVisionModel.from_pretrained(export)
     base = CLIPVisionModel.from_pretrained(loop_zoo.clip)
@@ -106,11 +108,11 @@ def test_export_loads_and_differs_from_base(loop_zoo, tmp_path, caplog):
 
 
 def test_latent_cache_gives_the_same_losses(loop_zoo, tmp_path):
-    plain = Trainer(tiny_cfg(loop_zoo, tmp_path / "plain", checkpointing={"every_steps": 0})).fit()
+    plain = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "plain", checkpointing={"every_steps": 0})).fit()
     cache_dir = tmp_path / "cache"
     cached_cfg = tiny_cfg(loop_zoo, tmp_path / "cached", checkpointing={"every_steps": 0},
                           cache={"latents": True, "dir": str(cache_dir), "shard_size": 24, "batch_size": 5})
-    trainer = Trainer(cached_cfg)
+    trainer = EnhanceTrainer(cached_cfg)
     cached = trainer.fit()
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     assert manifest["method"] == "test-reconstruct" and manifest["images"]["count"] == 64
@@ -126,7 +128,7 @@ def test_latent_cache_gives_the_same_losses(loop_zoo, tmp_path):
     tensors = load_file(str(shard))
     tensors["latents"] = tensors["latents"] + 5.0
     save_file(tensors, str(shard))
-    poisoned = Trainer(tiny_cfg(loop_zoo, tmp_path / "poisoned", checkpointing={"every_steps": 0},
+    poisoned = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "poisoned", checkpointing={"every_steps": 0},
                                 cache={"latents": True, "dir": str(cache_dir), "shard_size": 24})).fit()
     assert poisoned["final_metrics"]["loss"] != pytest.approx(cached["final_metrics"]["loss"], rel=1e-3)
 
@@ -134,11 +136,11 @@ def test_latent_cache_gives_the_same_losses(loop_zoo, tmp_path):
     stale = tiny_cfg(loop_zoo, tmp_path / "stale", generator="another-generator",
                      cache={"latents": True, "dir": str(cache_dir), "shard_size": 24})
     with pytest.raises(StaleCacheError, match="generator"):
-        Trainer(stale).setup()
+        EnhanceTrainer(stale).setup()
     other_method_cfg = tiny_cfg(loop_zoo, tmp_path / "stale2", method={"thumb": 4},
                                 cache={"latents": True, "dir": str(cache_dir), "shard_size": 24})
     with pytest.raises(StaleCacheError, match="method_config"):
-        Trainer(other_method_cfg).setup()
+        EnhanceTrainer(other_method_cfg).setup()
 
 
 def test_corrupt_images_are_skipped_counted_and_thresholded(loop_zoo, tmp_path):
@@ -146,7 +148,7 @@ def test_corrupt_images_are_skipped_counted_and_thresholded(loop_zoo, tmp_path):
     # 67 listed images, 3 broken; 9 steps x 8 = 72 positions cover every image once
     cfg = tiny_cfg(loop_zoo, tmp_path / "ok", data={"source": corrupt, "max_bad_fraction": 0.1, "shuffle": True},
                    schedule={"max_steps": 9}, checkpointing={"every_steps": 0})
-    summary = Trainer(cfg).fit()
+    summary = EnhanceTrainer(cfg).fit()
     rows = read_metrics(tmp_path / "ok")
     assert summary["skipped_images"] == rows[-1]["skipped_images"] >= 3
     assert rows[-1]["images_tried"] == 72 + rows[-1]["skipped_images"]
@@ -156,7 +158,7 @@ def test_corrupt_images_are_skipped_counted_and_thresholded(loop_zoo, tmp_path):
                                                             "bad_check_after": 8},
                       schedule={"max_steps": 9}, checkpointing={"every_steps": 0})
     with pytest.raises(DataError, match="unreadable.*max_bad_fraction"):
-        Trainer(strict).fit()
+        EnhanceTrainer(strict).fit()
 
 
 def test_diagnose_cli_writes_json_and_table(loop_zoo, tmp_path, capsys):
@@ -182,9 +184,9 @@ def test_diagnose_cli_writes_json_and_table(loop_zoo, tmp_path, capsys):
 
 
 def test_gradient_checkpointing_changes_nothing_but_memory(loop_zoo, tmp_path):
-    plain = Trainer(tiny_cfg(loop_zoo, tmp_path / "plain", schedule={"max_steps": 2},
+    plain = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "plain", schedule={"max_steps": 2},
                              checkpointing={"every_steps": 0})).fit()
-    trainer = Trainer(tiny_cfg(loop_zoo, tmp_path / "ckpt", schedule={"max_steps": 2},
+    trainer = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "ckpt", schedule={"max_steps": 2},
                                checkpointing={"every_steps": 0}, precision={"gradient_checkpointing": True}))
     ckpt = trainer.fit()
     assert trainer.method.tower.model.is_gradient_checkpointing
@@ -197,30 +199,30 @@ def test_resume_refuses_another_runs_checkpoint_and_drops_unsaved_rows(loop_zoo,
     from enhance.config import ConfigError
 
     out = tmp_path / "run"
-    first = Trainer(tiny_cfg(loop_zoo, out)).setup()
+    first = EnhanceTrainer(tiny_cfg(loop_zoo, out)).setup()
     first.train(num_steps=3)  # checkpoint at 2, then step 3 logged but never checkpointed ("killed")
     del first
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
-    with pytest.raises(ConfigError, match=r"another run: its data.global_batch_size is 8, this run's is 16"):
-        Trainer(tiny_cfg(loop_zoo, out, data={"global_batch_size": 16})).setup()
-    resumed = Trainer(tiny_cfg(loop_zoo, out)).setup()
+    with pytest.raises(ConfigError, match=r"another run \(batch.global_batch_size: 8 -> 16\)"):
+        EnhanceTrainer(tiny_cfg(loop_zoo, out, batch={"global_batch_size": 16})).setup()
+    resumed = EnhanceTrainer(tiny_cfg(loop_zoo, out)).setup()
     assert resumed.step == 2 and [r["step"] for r in read_metrics(out)] == [1, 2]
-    state_file = out / "checkpoints" / "step-0000002" / "trainer_state.json"
+    state_file = out / "checkpoints" / "step-00000002" / "trainer_state.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "world_size": 2}))
     with pytest.raises(ConfigError, match="written by 2 rank.*this run has 1"):
-        Trainer(tiny_cfg(loop_zoo, out)).setup()
+        EnhanceTrainer(tiny_cfg(loop_zoo, out)).setup()
 
 
 def test_data_workers_change_nothing(loop_zoo, tmp_path):
     wds = str(loop_zoo.data["wds_pattern"])
-    inline = Trainer(tiny_cfg(loop_zoo, tmp_path / "w0", data={"source": wds}, schedule={"max_steps": 2},
+    inline = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "w0", data={"source": wds}, schedule={"max_steps": 2},
                               checkpointing={"every_steps": 0})).fit()
-    workers = Trainer(tiny_cfg(loop_zoo, tmp_path / "w2", data={"source": wds, "num_workers": 2},
+    workers = EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "w2", data={"source": wds, "num_workers": 2},
                                schedule={"max_steps": 2}, checkpointing={"every_steps": 0})).fit()
     assert [r["loss"] for r in read_metrics(tmp_path / "w2")] == [r["loss"] for r in read_metrics(tmp_path / "w0")]
     assert workers["final_metrics"]["images_tried"] == inline["final_metrics"]["images_tried"] == 16
-    Trainer(tiny_cfg(loop_zoo, tmp_path / "w2c", data={"source": wds, "num_workers": 2}, cache={"latents": True},
+    EnhanceTrainer(tiny_cfg(loop_zoo, tmp_path / "w2c", data={"source": wds, "num_workers": 2}, cache={"latents": True},
                      schedule={"max_steps": 2}, checkpointing={"every_steps": 0})).fit()  # cache read in workers
     assert [r["loss"] for r in read_metrics(tmp_path / "w2c")] == pytest.approx(
         [r["loss"] for r in read_metrics(tmp_path / "w0")], rel=1e-5)

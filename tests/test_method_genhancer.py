@@ -279,7 +279,7 @@ def test_paper_presets(name):
     assert (cfg1.stage, stage1.optim.lr, cfg2.stage, stage2.optim.lr) == (1, 1e-4, 2, 1e-5)
     assert cfg1.architecture() == cfg2.architecture()  # stage 2 can load what stage 1 writes
     assert (cfg2.lora.r, cfg2.lora.alpha, cfg2.lora.dropout) == (16, 16, 0.1)
-    assert stage1.optim.name == "adamw" and stage1.data.global_batch_size == 256
+    assert stage1.optim.name == "adamw" and stage1.batch.global_batch_size == 256
     if name == "genhancer":
         assert (cfg1.denoiser.num_double_blocks, cfg1.denoiser.num_single_blocks) == (2, 4)
         assert (cfg1.logit_normal_mean, cfg1.logit_normal_std) == (0.0, 1.0)

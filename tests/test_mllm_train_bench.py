@@ -37,7 +37,7 @@ def test_checkpointing_and_packing_change_speed_not_math(zoo):
               "model": {"vision_tower": str(zoo.clip), "llm": str(zoo.llm)},
               "data": {"data_path": str(zoo.data["llava_finetune"]), "image_folder": str(zoo.data["llava_image_folder"]),
                        "max_length": 256},
-              "global_batch_size": 2, "micro_batch_size": 2, "precision": "fp32"}
+              "batch": {"global_batch_size": 2, "micro_batch_size": 2}, "precision": {"dtype": "fp32"}}
     try:
         results = {}
         for gc, batching in ((False, "grouped"), (True, "grouped"), (False, "grouped_packed")):

@@ -1,6 +1,4 @@
 """mllm_train's model side without a training run: presets, freezing, LoRA merge, the step plan."""
-import math
-
 import pytest
 import torch
 
@@ -24,25 +22,25 @@ REQUIRED = {"model": {"vision_tower": "v", "llm": "l"}, "data": {"data_path": "d
 def test_published_llava_1_5_recipes(size, llm):
     pre = load_config(f"llava15-{size}-pretrain", REQUIRED | {"model": {"vision_tower": "v"}})
     assert (pre.stage, pre.template, pre.model.llm, pre.model.projector) == ("pretrain", "plain", llm, "mlp2x_gelu")
-    assert (pre.optim.lr, pre.global_batch_size, pre.epochs, pre.optim.warmup_ratio, pre.optim.schedule) == (
-        1e-3, 256, 1, 0.03, "cosine")
-    assert (pre.deepspeed, pre.precision, pre.data.max_length, pre.model.gradient_checkpointing) == (
+    assert (pre.optim.lr, pre.batch.global_batch_size, pre.schedule.epochs, pre.schedule.warmup_ratio,
+            pre.schedule.kind) == (1e-3, 256, 1, 0.03, "cosine")
+    assert (pre.deepspeed.config, pre.precision.dtype, pre.data.max_length, pre.precision.gradient_checkpointing) == (
         "zero2", "bf16", 2048, True)
     assert (pre.model.select_layer, pre.model.select_feature, pre.optim.weight_decay) == (-2, "patch", 0.0)
     fine = load_config(f"llava15-{size}-finetune", REQUIRED | {"model": {"vision_tower": "v"}})
-    assert (fine.stage, fine.template, fine.optim.lr, fine.global_batch_size, fine.deepspeed) == (
+    assert (fine.stage, fine.template, fine.optim.lr, fine.batch.global_batch_size, fine.deepspeed.config) == (
         "finetune", "vicuna_v1", 2e-5, 128, "zero3")
-    assert fine.group_by_modality_length and fine.data.image_aspect_ratio == "pad" and not fine.lora.enabled
+    assert fine.data.group_by_modality_length and fine.data.image_aspect_ratio == "pad" and not fine.lora.enabled
     lora = load_config(f"llava15-{size}-finetune-lora", REQUIRED | {"model": {"vision_tower": "v"}})
     assert (lora.lora.enabled, lora.lora.r, lora.lora.alpha, lora.optim.lr, lora.optim.projector_lr) == (
         True, 128, 256, 2e-4, 2e-5)
-    assert lora.global_batch_size == 128 and lora.deepspeed == "zero3"
+    assert lora.batch.global_batch_size == 128 and lora.deepspeed.config == "zero3"
 
 
 def test_every_preset_loads():
     for name in presets():
         cfg = load_config(name, REQUIRED)
-        assert cfg.global_batch_size % cfg.micro_batch_size == 0
+        assert cfg.batch.global_batch_size % cfg.batch.micro_batch_size == 0
 
 
 def test_config_errors_name_the_field():
@@ -52,10 +50,13 @@ def test_config_errors_name_the_field():
         load_config("tiny-pretrain", {"data": {"data_path": "d"}, "output_dir": "o"})
     with pytest.raises(ConfigError, match="lora.enabled is for the finetune stage"):
         load_config("tiny-pretrain", REQUIRED | {"lora": {"enabled": True}})
+    from llava_plugin.train.plan import BatchPlan
+
     cfg = load_config("tiny-finetune", REQUIRED)
-    with pytest.raises(ConfigError, match="multiple of micro_batch_size x world size = 2 x 3"):
-        cfg.accumulation(3)
-    assert cfg.accumulation(2) == 1 and cfg.accumulation(1) == 2
+    plan = lambda world: BatchPlan(cfg.batch.global_batch_size, cfg.batch.micro_batch_size, world_size=world)
+    with pytest.raises(ConfigError, match="not divisible by world size 3"):
+        plan(3).check("batch.")
+    assert plan(2).accumulation == 1 and plan(1).accumulation == 2
 
 
 def test_cli_preset_resolution(tmp_path):
@@ -67,7 +68,7 @@ def test_cli_preset_resolution(tmp_path):
     assert cfg.lora.enabled and cfg.optim.lr == 2e-4 and cfg.optim.projector_lr == 1e-5
     args = build_parser().parse_args(["finetune", "--preset", "tiny-finetune", "--lora", "--max-steps", "3", *base])
     cfg = train_config(args, "finetune")
-    assert cfg.lora.enabled and cfg.lora.r == 8 and cfg.max_steps == 3
+    assert cfg.lora.enabled and cfg.lora.r == 8 and cfg.schedule.max_steps == 3
     args = build_parser().parse_args(["pretrain", "--preset", "tiny-finetune", *base])
     with pytest.raises(ConfigError, match="'finetune' preset but the command is 'pretrain'"):
         train_config(args, "pretrain")
@@ -135,41 +136,23 @@ def build_model_with_random_lora(cfg):
     return model.eval(), processor
 
 
-def test_plan_is_world_size_invariant():
-    from mllm_train.trainer import epoch_plan, rank_batches
+def test_epoch_steps_follow_the_config():
+    """The LLaVA stage's plan: LLaVA's grouping when configured, else a seeded shuffle (both are
+    tested for world-size invariance in test_train_core.py)."""
+    from mllm_train.trainer import epoch_steps
 
     lengths = [5 + (i * 7) % 13 for i in range(22)]
     has_image = [i % 5 != 0 for i in range(22)]
     for grouped in (False, True):
-        cfg = load_config("tiny-finetune", REQUIRED | {"global_batch_size": 8, "micro_batch_size": 2,
-                                                       "group_by_modality_length": grouped})
-        plan = epoch_plan(lengths, has_image, cfg, epoch=1)
-        assert plan == epoch_plan(lengths, has_image, cfg, epoch=1) != epoch_plan(lengths, has_image, cfg, epoch=2)
+        cfg = load_config("tiny-finetune", REQUIRED | {"batch": {"global_batch_size": 8, "micro_batch_size": 2},
+                                                       "data": {"data_path": "d.json",
+                                                                "group_by_modality_length": grouped}})
+        plan = epoch_steps(lengths, has_image, cfg, epoch=1)
+        assert plan == epoch_steps(lengths, has_image, cfg, epoch=1) != epoch_steps(lengths, has_image, cfg, epoch=2)
         assert {i for step in plan for batch in step for i in batch} == set(range(22))
         assert all(len(step) == 4 for step in plan)
-        for world in (1, 2, 4):  # one global step = the same samples whatever the world size
-            per_rank = [rank_batches(plan, 1, r, world) for r in range(world)]
-            accumulation = 4 // world
-            for s in range(len(plan) - 1):
-                step = [per_rank[r][s * accumulation + a] for a in range(accumulation) for r in range(world)]
-                assert sorted(i for batch in step for i in batch) == sorted(i for batch in plan[s + 1] for i in batch)
-        if grouped:
-            assert all(len({has_image[i] for batch in step for i in batch}) == 1 for step in plan)
-
-
-def test_lr_schedule_matches_hf():
-    from transformers import get_cosine_schedule_with_warmup
-
-    from mllm_train.trainer import lr_lambda
-
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    total, warmup = 50, math.ceil(0.03 * 50)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
-    for step in range(total):
-        assert lr_lambda(step, total=total, warmup=warmup, schedule="cosine") == pytest.approx(
-            scheduler.get_last_lr()[0], abs=1e-12)
-        optimizer.step()
-        scheduler.step()
+        single_modality = all(len({has_image[i] for batch in step for i in batch}) == 1 for step in plan)
+        assert single_modality if grouped else not single_modality
 
 
 def test_attn_implementation_resolution():
@@ -216,20 +199,21 @@ def test_checkpoint_chat_template_renders_the_training_template(zoo):
 
 
 def test_deepspeed_json_is_filled_in_and_checked(tmp_path):
-    from mllm_train.trainer import deepspeed_config
+    from llava_plugin.train.deepspeed import fill
 
     cfg = load_config("llava15-7b-finetune", REQUIRED | {"model": {"vision_tower": "v"}})
-    ds = deepspeed_config(cfg, accumulation=2)
+    ds = fill(cfg.deepspeed.load(), global_batch=cfg.batch.global_batch_size, micro_batch=cfg.batch.micro_batch_size,
+              accumulation=2, bf16=cfg.precision.dtype == "bf16", grad_clip=cfg.optim.grad_clip)
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"] == {"enabled": True}
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
         128, 16, 2)
     custom = tmp_path / "ds.json"
     custom.write_text('{"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}')
-    cfg = load_config("tiny-pretrain", REQUIRED | {"deepspeed": str(custom)})
-    with pytest.raises(ConfigError, match="remove the 'optimizer' block"):
-        deepspeed_config(cfg, accumulation=1)
-    with pytest.raises(ConfigError, match="deepspeed='zero4'"):
-        load_config("tiny-pretrain", REQUIRED | {"deepspeed": "zero4"})
+    cfg = load_config("tiny-pretrain", REQUIRED | {"deepspeed": {"config": str(custom)}})
+    with pytest.raises(ConfigError, match="remove it"):
+        cfg.deepspeed.load()
+    with pytest.raises(ConfigError, match="deepspeed.config='zero4'"):
+        load_config("tiny-pretrain", REQUIRED | {"deepspeed": {"config": "zero4"}})
 
 
 @pytest.mark.skipif(_has_flash(), reason="flash-attn is installed")

@@ -14,7 +14,8 @@ os.environ.setdefault("GENFEEDBACK_SKIP_SHM_OP", "1")  # skip DeepSpeed's ~80 s 
 from llava_plugin.llava import build_llava, read_mm_projector
 from llava_plugin.registry import load_tower
 from mllm_train.config import load_config
-from mllm_train.trainer import METRICS_FILE, Trainer
+from llava_plugin.train.checkpoint import METRICS_FILE
+from mllm_train.trainer import LlavaTrainer
 
 PROJECTOR = "model.multi_modal_projector."
 TOWER = "model.vision_tower."
@@ -76,7 +77,7 @@ def test_pretrain_then_finetune(zoo, tmp_path, tower_name):
     spec = tower_spec(zoo, tower_name, tmp_path)
     start = build_llava(load_tower(spec), zoo.llm, seed=0)[0].state_dict()
 
-    pre = Trainer(stage_config(zoo, tmp_path / "pre", "pretrain", spec, max_steps=3))
+    pre = LlavaTrainer(stage_config(zoo, tmp_path / "pre", "pretrain", spec, schedule={"max_steps": 3}))
     pre_dir = pre.fit()
     pre_state = load_state(pre_dir)
     changed = {k for k in start if not torch.equal(start[k], pre_state[k])}
@@ -85,7 +86,7 @@ def test_pretrain_then_finetune(zoo, tmp_path, tower_name):
     for key, value in read_mm_projector(projector_file).items():
         assert torch.equal(value, pre_state[PROJECTOR + key])
 
-    fine = Trainer(stage_config(zoo, tmp_path / "fine", "finetune", spec, max_steps=3,
+    fine = LlavaTrainer(stage_config(zoo, tmp_path / "fine", "finetune", spec, schedule={"max_steps": 3},
                                 model={"pretrained_projector": str(projector_file)}))
     fine_dir = fine.fit()
     fine_state = load_state(fine_dir)
@@ -109,7 +110,7 @@ def test_pretrain_then_finetune(zoo, tmp_path, tower_name):
 
 
 def test_loss_falls_on_a_fixed_set(zoo, tmp_path):
-    trainer = Trainer(stage_config(zoo, tmp_path, "finetune", str(zoo.clip), epochs=3))
+    trainer = LlavaTrainer(stage_config(zoo, tmp_path, "finetune", str(zoo.clip), schedule={"epochs": 3}))
     trainer.fit()
     lines = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
     steps = trainer.steps_per_epoch
@@ -122,16 +123,16 @@ def test_lora_finetune_resumes_exactly(zoo, tmp_path):
     """Interrupted after 2 steps and resumed == uninterrupted: weights, optimizer, data position,
     RNG (LoRA dropout draws) all come back."""
     def config(out):
-        return stage_config(zoo, out, "finetune", str(zoo.clip), preset="tiny-finetune-lora", max_steps=5)
+        return stage_config(zoo, out, "finetune", str(zoo.clip), preset="tiny-finetune-lora", schedule={"max_steps": 5})
 
-    straight = Trainer(config(tmp_path / "straight"))
+    straight = LlavaTrainer(config(tmp_path / "straight"))
     straight_dir = straight.fit()
 
-    first = Trainer(config(tmp_path / "resumed"))
+    first = LlavaTrainer(config(tmp_path / "resumed"))
     assert first.fit(stop_after=2) is None
     checkpoints = tmp_path / "resumed" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000002"]
-    second = Trainer(config(tmp_path / "resumed"))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000002"]
+    second = LlavaTrainer(config(tmp_path / "resumed"))
     second.setup()
     assert second.step == 2
     resumed_dir = second.fit()
@@ -148,9 +149,9 @@ def test_lora_finetune_resumes_exactly(zoo, tmp_path):
 def test_resume_refuses_a_different_run(zoo, tmp_path):
     from llava_plugin.config import ConfigError
 
-    Trainer(stage_config(zoo, tmp_path, "pretrain", str(zoo.clip), max_steps=4)).fit(stop_after=1)
-    with pytest.raises(ConfigError, match="total_steps=4"):
-        Trainer(stage_config(zoo, tmp_path, "pretrain", str(zoo.clip), max_steps=6)).setup()
+    LlavaTrainer(stage_config(zoo, tmp_path, "pretrain", str(zoo.clip), schedule={"max_steps": 4})).fit(stop_after=1)
+    with pytest.raises(ConfigError, match=r"another run \(max_steps: 4 -> 6\)"):
+        LlavaTrainer(stage_config(zoo, tmp_path, "pretrain", str(zoo.clip), schedule={"max_steps": 6})).setup()
 
 
 def test_cli_pretrain_and_import_original(zoo, tmp_path):
@@ -202,9 +203,9 @@ def test_zero3_two_processes_match_one(zoo, tmp_path):
 
 def test_finetune_from_an_original_llava_checkpoint(zoo, tmp_path):
     """model.init_from: continue from an original LLaVA-1.5 dir (converted on load)."""
-    cfg = stage_config(zoo, tmp_path, "finetune", "", max_steps=2, model={"init_from": str(zoo.llava_original),
+    cfg = stage_config(zoo, tmp_path, "finetune", "", schedule={"max_steps": 2}, model={"init_from": str(zoo.llava_original),
                                                                          "llm": ""})
-    out = Trainer(cfg).fit()
+    out = LlavaTrainer(cfg).fit()
     start, trained = load_state(zoo.llava), load_state(out)
     assert sorted(start) == sorted(trained)
     assert all(torch.equal(trained[k], start[k]) for k in start if k.startswith(TOWER))
@@ -213,9 +214,8 @@ def test_finetune_from_an_original_llava_checkpoint(zoo, tmp_path):
 
 def test_bf16_with_gradient_checkpointing(zoo, tmp_path):
     """The paper-scale settings (bf16, gradient checkpointing) on the tiny model."""
-    cfg = stage_config(zoo, tmp_path, "pretrain", str(zoo.siglip), max_steps=2, precision="bf16",
-                       model={"gradient_checkpointing": True})
-    trainer = Trainer(cfg)
+    cfg = stage_config(zoo, tmp_path, "pretrain", str(zoo.siglip), schedule={"max_steps": 2}, precision={"dtype": "bf16", "gradient_checkpointing": True})
+    trainer = LlavaTrainer(cfg)
     out = trainer.fit()
     assert unwrap_dtype(trainer) == torch.bfloat16
     assert trainer.engine.module.is_activation_checkpointing
@@ -233,7 +233,7 @@ def test_packed_micro_batches_train_like_padded_ones(zoo, tmp_path):
     losses = []
     for pack in (False, True):
         out = tmp_path / f"pack{pack}"
-        Trainer(stage_config(zoo, out, "finetune", str(zoo.clip), max_steps=3, pack_sequences=pack)).fit()
+        LlavaTrainer(stage_config(zoo, out, "finetune", str(zoo.clip), schedule={"max_steps": 3}, data={"pack_sequences": pack})).fit()
         lines = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
         losses.append([line["loss"] for line in lines])
         assert [line["samples"] for line in lines] == [4, 4, 4]

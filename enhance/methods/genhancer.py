@@ -43,6 +43,7 @@ from enhance.generators.flow_dit import (
 from enhance.methods.base import Method, register_method
 from llava_plugin.config import ConfigError
 from llava_plugin.towers import VisionTower
+from llava_plugin.train.lora import merge_lora_state
 
 GENERATOR_DIR = "generator"  # stage-1 output: <run dir>/generator/
 GENERATOR_FILE = "genhancer.json"
@@ -180,23 +181,21 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
 
 
 def merge_lora(peft_model: nn.Module) -> nn.Module:
-    """A new plain HF model equal to the LoRA-wrapped one: every adapter folded into its
-    Linear (W + scale * B @ A). The wrapped model is only read, never merged in place (its
-    base weights stay bit-exact), and never deep-copied (safe on ZeRO-3-gathered params)."""
+    """A new plain HF model equal to the LoRA-wrapped one: every adapter folded into its Linear by
+    the shared merge (llava_plugin.train.lora). The wrapped model is only read, never merged in
+    place (its base weights stay bit-exact), and never deep-copied (safe on ZeRO-3-gathered params)."""
     from peft.tuners.lora import LoraLayer
 
     inner = peft_model.get_base_model()
-    state = {key.replace(".base_layer.", "."): value for key, value in inner.state_dict().items()
-             if ".lora_" not in key}
-    with torch.no_grad():
-        for name, module in inner.named_modules():
-            if not isinstance(module, LoraLayer):
-                continue
+    scalings = set()
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer):
             if module.merged:
                 raise RuntimeError(f"LoRA of {name} is already merged into its weights; cannot export it twice")
-            base = module.get_base_layer().weight
-            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
-            state[f"{name}.weight"] = base + delta.to(base.dtype)
+            scalings.update(module.scaling[adapter] for adapter in module.active_adapters)
+    if len(scalings) > 1:
+        raise RuntimeError(f"LoRA layers with different scalings {sorted(scalings)}: cannot merge with one factor")
+    state = merge_lora_state(peft_model.state_dict(), scalings.pop() if scalings else 0.0)
     plain = type(inner)(inner.config)
     plain.load_state_dict(state, strict=True)
     return plain.to(next(inner.parameters()).dtype)

@@ -1,0 +1,189 @@
+"""Resumable checkpoints and the append-only metrics log, the same for every training stage.
+
+Layout under a run directory:
+
+    metrics.jsonl                       one JSON object per logged step (append-only)
+    checkpoints/step-00000042/          a complete checkpoint: DeepSpeed engine state (tag `engine`),
+        trainer_state.json              the step, world size, run identity and the stage's own state,
+        rng-rank00000.pt ...            and every rank's RNG states
+    checkpoints/.incomplete-step-.../   a checkpoint being written (never resumed from)
+
+A checkpoint is written under `.incomplete-step-N` and renamed once every rank is done, so a
+kill mid-save never leaves a directory that looks complete; resume takes the newest complete one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llava_plugin import distributed
+from llava_plugin.config import ConfigError
+
+logger = logging.getLogger("genfeedback")
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+ENGINE_TAG = "engine"
+METRICS_FILE = "metrics.jsonl"
+_PREFIX = "step-"
+_INCOMPLETE = ".incomplete-"
+
+
+def step_dir_name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+# ---- RNG -----------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- metrics.jsonl -------------------------------------------------------------------------
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics log. A torn last line (a kill mid-write) is ignored; a bad line
+    elsewhere means the file was edited or corrupted, which is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                logger.warning("%s: ignoring a torn last line (the run was killed while writing it)", path)
+                break
+            raise ConfigError(f"{path}:{number} is not JSON ({err.msg}); remove or fix that line") from err
+    return rows
+
+
+def append_metrics(path: str | Path, row: dict) -> None:
+    path = Path(path)
+    # a torn line left by a kill would glue itself to this row: start on a fresh line
+    needs_newline = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            needs_newline = f.read(1) != b"\n"
+    with open(path, "a") as f:
+        if needs_newline:
+            f.write("\n")
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Keep only the rows up to `step` (a resumed run logs the later steps again), atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [row for row in read_metrics(path) if row.get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    os.replace(tmp, path)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def identity_mismatches(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: saved -> now` for every field of a run's identity that differs (JSON-normalised)."""
+    now = json.loads(json.dumps(now, default=str))
+    return [f"{key}: {saved.get(key)!r} -> {now[key]!r}" for key in now if saved.get(key) != now[key]]
+
+
+class Checkpointer:
+    """Saves and restores one run's checkpoints (collective: every rank calls save/load)."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int, *, exclude_frozen: bool = False):
+        self.root = Path(run_dir) / CHECKPOINT_DIR
+        self.keep_last = keep_last
+        # frozen weights a stage rebuilds from their sources on resume need not be saved
+        self.exclude_frozen = exclude_frozen
+
+    def complete(self) -> list[Path]:
+        return sorted(p for p in self.root.glob(f"{_PREFIX}*") if p.is_dir() and (p / STATE_FILE).is_file())
+
+    def latest(self) -> Path | None:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def path(self, step: int) -> Path:
+        return self.root / step_dir_name(step)
+
+    def save(self, engine, step: int, state: dict[str, Any]) -> Path:
+        """Atomic: under .incomplete-step-N, renamed to step-N once every rank has written its part."""
+        final, tmp = self.path(step), self.root / f"{_INCOMPLETE}{step_dir_name(step)}"
+        rank = distributed.rank()
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        distributed.barrier()
+        engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, client_state={"step": step}, save_latest=False,
+                               exclude_frozen_parameters=self.exclude_frozen)
+        torch.save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
+        distributed.barrier()
+        if distributed.is_main():
+            full = {"step": step, "world_size": distributed.world_size(), **state}
+            (tmp / STATE_FILE).write_text(json.dumps(full, indent=2, default=str))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in self.complete()[: -self.keep_last]:
+                shutil.rmtree(old)
+        distributed.barrier()
+        return final
+
+    def load(self, engine, path: Path, identity: dict[str, Any], *, force: bool = False,
+             on_mismatch: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """Restore engine, optimizer, scheduler and RNG states from `path`; returns its trainer
+        state. A checkpoint of another run (its identity differs) is refused unless `force`."""
+        state_file = path / STATE_FILE
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot resume from {path}: {state_file.name} is unreadable ({err}); delete that "
+                              "checkpoint directory to resume from the one before") from err
+        world = distributed.world_size()
+        if state["world_size"] != world:
+            raise ConfigError(
+                f"checkpoint {path} was written by {state['world_size']} rank(s), this run has {world}: ZeRO "
+                "partitions the optimizer state by rank, so resume with the same number of processes (the data "
+                "order and global batch do not depend on it)")
+        differences = identity_mismatches(state.get("run", {}), identity)
+        if differences and not force:
+            hint = on_mismatch(path) if on_mismatch else "use a new --output"
+            raise ConfigError(f"checkpoint {path} belongs to another run ({'; '.join(differences)}): {hint}")
+        _, client = engine.load_checkpoint(str(path), tag=ENGINE_TAG, load_optimizer_states=True,
+                                           load_lr_scheduler_states=True,
+                                           load_module_strict=not self.exclude_frozen)
+        set_rng_state(torch.load(path / f"rng-rank{distributed.rank():05d}.pt", weights_only=False))
+        if client and "step" in client:
+            state["step"] = int(client["step"])
+        logger.info("resumed from %s at step %d", path, state["step"])
+        return state

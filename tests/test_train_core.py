@@ -1,0 +1,141 @@
+"""llava_plugin.train: the pieces both training stages share (plan, schedule, metrics log, LoRA merge)."""
+import math
+
+import pytest
+import torch
+
+from llava_plugin.config import ConfigError
+from llava_plugin.train.checkpoint import append_metrics, read_metrics, truncate_metrics
+from llava_plugin.train.plan import (
+    BatchPlan,
+    EpochOrder,
+    PlanSampler,
+    StreamOrder,
+    modality_length_steps,
+    shuffled_steps,
+)
+from llava_plugin.train.schedule import build_scheduler, warmup_steps
+
+
+# ---- the plan ------------------------------------------------------------------------------
+def _stream_by_step(world, steps, shuffle=True):
+    """{step: dataset indices of the global batch, in global micro-batch order} over all ranks."""
+    order = StreamOrder(20, micro_batch=2, seed=3, shuffle=shuffle)
+    out = {}
+    for rank in range(world):
+        plan = BatchPlan(global_batch=8, micro_batch=2, world_size=world, rank=rank)
+        plan.check()
+        for step in range(steps):
+            for micro in plan.rank_micro_indices(step):
+                out.setdefault(step, {})[micro] = order.micro_batch_items(micro)
+    return {s: [i for m in sorted(v) for i in v[m]] for s, v in out.items()}
+
+
+def test_stream_order_gives_every_world_size_the_same_global_batches():
+    one = _stream_by_step(1, 6)
+    assert _stream_by_step(2, 6) == one == _stream_by_step(4, 6)
+    epoch0 = one[0] + one[1] + one[2][:4]  # 20 images = 2.5 steps of 8
+    assert sorted(epoch0) == list(range(20))  # each image once per epoch
+    assert one[2][4:] + one[3] != epoch0[:12]  # the next epoch is reshuffled
+    assert _stream_by_step(1, 6) == one  # deterministic
+    assert _stream_by_step(1, 1, shuffle=False)[0] == list(range(8))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_epoch_order_is_world_size_invariant(grouped):
+    lengths = [5 + (i * 7) % 13 for i in range(22)]
+    has_image = [i % 5 != 0 for i in range(22)]
+
+    def steps_for(epoch):
+        if grouped:
+            return modality_length_steps(lengths, has_image, 2, 4, seed=0, epoch=epoch)
+        return shuffled_steps(22, 8, 2, seed=0, epoch=epoch)
+
+    order = EpochOrder(steps_for)
+    plan0 = steps_for(1)
+    assert plan0 == steps_for(1) != steps_for(2)
+    assert {i for step in plan0 for batch in step for i in batch} == set(range(22))
+    assert all(len(step) == 4 for step in plan0)
+    for world in (1, 2, 4):  # one global step = the same samples whatever the world size
+        seen = {}
+        for rank in range(world):
+            plan = BatchPlan(global_batch=8, micro_batch=2, world_size=world, rank=rank)
+            for step in range(order.steps_per_epoch, 2 * order.steps_per_epoch):  # epoch 1
+                for g in plan.rank_micro_indices(step):
+                    seen.setdefault(step, []).extend(order.micro_batch_items(g, plan.micro_per_step))
+        for k, step in enumerate(plan0):
+            assert sorted(seen[order.steps_per_epoch + k]) == sorted(i for batch in step for i in batch)
+    if grouped:
+        assert all(len({has_image[i] for batch in step for i in batch}) == 1 for step in plan0)
+
+
+def test_sampler_resumes_at_a_step():
+    plan = BatchPlan(global_batch=8, micro_batch=2, world_size=2, rank=1)
+    full = list(PlanSampler(plan, 0, 5))
+    assert list(PlanSampler(plan, 3, 5)) == full[3 * plan.accumulation:]
+    assert len(PlanSampler(plan, 3, 5)) == 2 * plan.accumulation
+    assert full[:2] == [1, 3]  # rank 1 takes micro-batches 1 and 3 of step 0
+
+
+def test_plan_check_keeps_the_global_batch_and_suggests_a_micro_batch():
+    with pytest.raises(ConfigError, match=r"not divisible by world size 3: no micro batch splits 8 over 3 ranks"):
+        BatchPlan(global_batch=8, micro_batch=2, world_size=3).check("batch.")
+    with pytest.raises(ConfigError, match=r"world size 8: set batch.micro_batch_size=4"):
+        BatchPlan(global_batch=32, micro_batch=8, world_size=8).check("batch.")  # un2CLIP's 32 on 8 GPUs
+    BatchPlan(global_batch=32, micro_batch=4, world_size=8).check()
+
+
+# ---- the schedule --------------------------------------------------------------------------
+def _lrs(kind, max_steps, warmup, min_lr_ratio=0.0):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, kind=kind, max_steps=max_steps, warmup=warmup, min_lr_ratio=min_lr_ratio)
+    out = []
+    for _ in range(max_steps + 1):
+        out.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_schedule_is_upstreams_linear_warmup_then_cosine_or_constant():
+    from transformers import get_cosine_schedule_with_warmup
+
+    cosine = _lrs("cosine", 10, 2)
+    assert cosine[:3] == [0.0, 0.5, 1.0]  # the first step trains at lr 0, as the HF Trainer does
+    assert cosine[6] == pytest.approx(0.5) and cosine[10] == pytest.approx(0.0)
+    assert _lrs("constant", 10, 2)[:4] == [0.0, 0.5, 1.0, 1.0]
+    assert _lrs("cosine", 10, 0, min_lr_ratio=0.1)[10] == pytest.approx(0.1)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    total, warmup = 50, warmup_steps(max_steps=50, ratio=0.03)
+    assert warmup == math.ceil(0.03 * 50) == 2
+    reference = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    expected = []
+    for _ in range(total):
+        expected.append(reference.get_last_lr()[0])
+        optimizer.step()
+        reference.step()
+    assert _lrs("cosine", total, warmup)[:total] == pytest.approx(expected, abs=1e-12)
+    assert warmup_steps(max_steps=50, steps=7, ratio=0.5) == 7
+
+
+# ---- metrics.jsonl -------------------------------------------------------------------------
+def test_metrics_log_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for step in (1, 2, 3):
+        append_metrics(path, {"step": step, "loss": 1.0 / step})
+    with open(path, "a") as f:
+        f.write('{"step": 4, "lo')  # killed mid-write
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    truncate_metrics(path, 2)  # what a resume from step 2 does: the torn row goes with the unsaved ones
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    append_metrics(path, {"step": 3, "loss": 0.3})
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    with open(path, "a") as f:
+        f.write('{"step": 4, "lo')
+    append_metrics(path, {"step": 4, "loss": 0.25})  # never glued to a torn line
+    assert path.read_text().splitlines()[-2:] == ['{"step": 4, "lo', '{"step": 4, "loss": 0.25}']
+    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ConfigError, match=r"metrics.jsonl:2 is not JSON"):
+        read_metrics(path)
+    assert read_metrics(tmp_path / "missing.jsonl") == []
