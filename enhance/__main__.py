@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from llava_plugin.cli import add_launcher_flags, guarded, run_cli
 from llava_plugin.config import ConfigError, deep_merge, parse_overrides
 
 
@@ -43,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m enhance", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    # the `deepspeed` launcher passes --local_rank=N before the subcommand; the rank comes from the env anyway
-    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    add_launcher_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="post-train a tower with a method", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -173,25 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from enhance.bench import main as cmd_bench
-    from enhance.cache import StaleCacheError
-    from enhance.data import DataError
 
     commands = {"train": cmd_train, "diagnose": cmd_diagnose, "bench": cmd_bench, "presets": cmd_presets}
-    try:
-        return commands[args.command](args)
-    except (ConfigError, DataError, StaleCacheError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-def run() -> int:
-    """Process entry point: main(), then leave the process group (all ranks together)."""
-    from llava_plugin import distributed
-
-    code = main()
-    distributed.shutdown()
-    return code
+    return guarded(lambda: commands[args.command](args), debug=args.debug)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_cli(main))

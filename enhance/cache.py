@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from llava_plugin.errors import GenfeedbackError
 from llava_plugin import distributed
 from enhance.data import BadImage, ImageSource
 
@@ -30,7 +31,7 @@ MANIFEST = "manifest.json"
 VALID_KEY = "valid"
 
 
-class StaleCacheError(ValueError):
+class StaleCacheError(GenfeedbackError, ValueError):
     """The cache on disk was built from something else than this run."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from llava_plugin.errors import GenfeedbackError
 from llava_plugin.images import ImageDecodeError, decode_rgb
 from llava_plugin.train.plan import StreamOrder
 
@@ -36,7 +37,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 MAX_CONSECUTIVE_BAD = 64  # more unreadable images in a row than this means the source itself is broken
 
 
-class DataError(ValueError):
+class DataError(GenfeedbackError, ValueError):
     """A data source that cannot be used at all (missing, empty, malformed list file)."""
 
 

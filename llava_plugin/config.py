@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from llava_plugin.errors import GenfeedbackError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(GenfeedbackError, ValueError):
     """A config value or key that cannot be used; the message names the key and the fix."""
 
 

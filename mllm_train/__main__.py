@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 
+from llava_plugin.cli import add_launcher_flags, guarded, run_cli
 from llava_plugin.config import ConfigError, deep_merge, parse_overrides
 from llava_plugin.registry import SPEC_HELP
 from mllm_train import config as config_module
@@ -52,6 +53,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mllm_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_launcher_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in ("pretrain", "finetune"):
         _add_train_arguments(sub.add_parser(stage, help=f"LLaVA-1.5 {stage}"), stage)
@@ -116,6 +118,10 @@ def _drop_none(tree: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    return guarded(lambda: _dispatch(args), debug=args.debug)
+
+
+def _dispatch(args) -> int:
     if args.command in ("pretrain", "finetune"):
         if args.help_config:
             print("\n".join(config_module.help_lines()))
@@ -124,13 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from mllm_train.trainer import LlavaTrainer
 
         trainer = LlavaTrainer(train_config(args, args.command))
-        try:
-            out = trainer.fit(stop_after=args.stop_after)
-            if distributed.is_main():
-                print(json.dumps({"export": str(out) if out else None, "step": trainer.step,
-                                  "total_steps": trainer.max_steps}))
-        finally:
-            distributed.shutdown()
+        out = trainer.fit(stop_after=args.stop_after)
+        if distributed.is_main():
+            print(json.dumps({"export": str(out) if out else None, "step": trainer.step,
+                              "total_steps": trainer.max_steps}))
         return 0
     if args.command == "inspect":
         from mllm_train import inspect as inspect_module
@@ -153,8 +156,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_cli(main))

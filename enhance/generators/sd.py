@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from llava_plugin.errors import GenfeedbackError
+
 # what `target()` can produce; anything else in scheduler_config.json is refused at load
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-class GeneratorError(ValueError):
+class GeneratorError(GenfeedbackError, ValueError):
     """A generator directory that cannot serve this method; the message says what to pass instead."""
 
 
