@@ -30,7 +30,7 @@ def load_mllm(
 ):
     """(model, processor) from an HF Llava dir or an original LLaVA-1.5 dir, in eval mode.
     `vision_tower` (a tower spec) says where an original checkpoint's `mm_vision_tower` lives."""
-    from llava_plugin.llava import load_llava
+    from llava_plugin.convert_llava import load_llava
 
     model, processor = load_llava(path, device=device, dtype=dtype, vision_tower=vision_tower)
     return model.eval(), processor

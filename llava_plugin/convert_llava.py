@@ -8,6 +8,10 @@ when the whole model was saved, `model.vision_tower.vision_tower.vision_model.*`
 has no image token: the image is spliced in at a placeholder id (-200) that never reaches the
 embedding. HF Llava needs a real `<image>` token, so converting appends one embedding row (and
 lm_head row), the mean of the others, and the inverse drops it again.
+
+`load_llava` reads a checkpoint of either layout (HF Llava, the contract between stages, or
+original), so every stage loads LLaVA through this module; it builds on `llava.py`, which
+never imports it.
 """
 from __future__ import annotations
 
@@ -215,6 +219,42 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def checkpoint_format(path: str | Path) -> str:
+    """'hf_llava' or 'original_llava', from config.json; an error names what was found."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a LLaVA checkpoint directory")
+    config = json.loads(config_file.read_text())
+    if "mm_vision_tower" in config and "text_config" not in config:
+        return "original_llava"
+    if config.get("model_type") == "llava" and "text_config" in config:
+        return "hf_llava"
+    raise ValueError(f"{config_file}: neither an HF Llava config (model_type 'llava' with text_config) nor an "
+                     f"original LLaVA config (with mm_vision_tower); model_type={config.get('model_type')!r}")
+
+
+def load_llava(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
+               vision_tower: str | None = None):
+    """(model, processor) from an HF Llava dir or an original LLaVA-1.5 checkpoint dir.
+
+    Original checkpoints name their tower by an HF id in `mm_vision_tower`; `vision_tower`
+    overrides where it is loaded from (any `load_tower` spec, e.g. a local directory).
+    """
+    path = Path(path)
+    if checkpoint_format(path) == "original_llava":
+        model, processor = load_original_llava(path, vision_tower=vision_tower, dtype=dtype)
+    else:
+        if vision_tower is not None:
+            raise ValueError(f"{path} is an HF Llava checkpoint with its tower inside; vision_tower= applies "
+                             f"only to original LLaVA checkpoints")
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(path)
+    return model.to(device).eval(), processor
 
 
 def load_original_llava(path: str | Path, *, vision_tower: str | None = None, dtype: torch.dtype = torch.float32):

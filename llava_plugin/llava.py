@@ -10,7 +10,8 @@ text (the original collapses it to one position, id -200), and drops the CLS tok
 An HF Llava directory is the contract between training and evaluation: `save_llava` writes
 model + processor (chat template included) + `genfeedback.json`, and
 `LlavaForConditionalGeneration.from_pretrained` / `AutoProcessor.from_pretrained` read it
-without our code. `load_llava` also reads original LLaVA-1.5 checkpoints (see convert_llava.py).
+without our code. `convert_llava.load_llava` reads either this or an original LLaVA-1.5
+checkpoint (convert_llava.py builds on this module; this module never imports it).
 """
 from __future__ import annotations
 
@@ -245,44 +246,6 @@ def save_llava(model, processor, out_dir: str | Path, metadata: dict | None = No
             **(metadata or {})}
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
     return out
-
-
-def checkpoint_format(path: str | Path) -> str:
-    """'hf_llava' or 'original_llava', from config.json; an error names what was found."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a LLaVA checkpoint directory")
-    config = json.loads(config_file.read_text())
-    if "mm_vision_tower" in config and "text_config" not in config:
-        return "original_llava"
-    if config.get("model_type") == "llava" and "text_config" in config:
-        return "hf_llava"
-    raise ValueError(f"{config_file}: neither an HF Llava config (model_type 'llava' with text_config) nor an "
-                     f"original LLaVA config (with mm_vision_tower); model_type={config.get('model_type')!r}")
-
-
-def load_llava(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *,
-               vision_tower: str | None = None):
-    """(model, processor) from an HF Llava dir or an original LLaVA-1.5 checkpoint dir.
-
-    Original checkpoints name their tower by an HF id in `mm_vision_tower`; `vision_tower`
-    overrides where it is loaded from (any `load_tower` spec, e.g. a local directory).
-    """
-    path = Path(path)
-    if checkpoint_format(path) == "original_llava":
-        from llava_plugin.convert_llava import load_original_llava
-
-        model, processor = load_original_llava(path, vision_tower=vision_tower, dtype=dtype)
-    else:
-        if vision_tower is not None:
-            raise ValueError(f"{path} is an HF Llava checkpoint with its tower inside; vision_tower= applies "
-                             f"only to original LLaVA checkpoints")
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-        processor = AutoProcessor.from_pretrained(path)
-    return model.to(device).eval(), processor
 
 
 # ---- the projector alone (original LLaVA's mm_projector.bin) ------------------------------------

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+from llava_plugin.convert_llava import load_llava
 from llava_plugin.llava import (
     MM_PROJECTOR_KEYS,
     VICUNA_V1_SYSTEM,
     build_llava,
-    load_llava,
     load_mm_projector,
     read_mm_projector,
     save_llava,

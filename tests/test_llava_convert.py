@@ -8,12 +8,13 @@ from PIL import Image
 
 from llava_plugin.convert_llava import (
     LlavaConversionError,
+    checkpoint_format,
     llava_hf_to_original,
     llava_original_to_hf,
+    load_llava,
     read_state_dict,
     save_llava_original,
 )
-from llava_plugin.llava import checkpoint_format, load_llava
 
 
 def _inputs(processor):
