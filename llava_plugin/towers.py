@@ -223,3 +223,9 @@ class VisionTower(nn.Module):
     def describe(self) -> dict:
         return {"spec": self.spec, "family": self.family, **asdict(self.sizes),
                 "num_tokens": self.sizes.num_tokens, "has_text_encoder": self.has_text_encoder}
+
+
+def read_metadata(location: str | Path) -> dict:
+    """genfeedback.json of an enhanced tower directory ({} for any other tower)."""
+    path = Path(location) / METADATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from llava_plugin.registry_util import Registry
 from llava_plugin.towers import VisionTower
 
 
@@ -43,6 +44,15 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type] = object  # the method's hyperparameter dataclass
+    #: The stages one `python -m enhance train` runs, in order (a multi-stage preset names a
+    #: preset per stage under `stages:`); `stage_overrides` chains them. One stage by default.
+    stages: ClassVar[tuple[str, ...]] = ("train",)
+
+    @classmethod
+    def stage_overrides(cls, stage: str, run_dir: str) -> dict[str, Any]:
+        """Config overrides that place `stage` of a multi-stage run in `run_dir` (output dirs, and
+        what a stage takes from the one before). The last stage writes the run's vision_tower/."""
+        return {"output_dir": run_dir}
 
     def __init__(self, cfg, tower: VisionTower, generator: str):
         """`cfg`: an instance of `config_cls`; `tower`: the tower to train; `generator`: a
@@ -129,32 +139,17 @@ class Method(nn.Module):
         return out
 
 
-METHODS: dict[str, type[Method]] = {}
+# Every module of enhance/methods/ (but this one) registers its Method subclass on import.
+METHODS: Registry[type[Method]] = Registry("method", "enhance.methods")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a `Method` subclass under its `name`."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a `name`")
-    if cls.name in METHODS:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.add(cls.name, cls)
 
 
 def get_method(name: str) -> type[Method]:
-    import_methods()
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; known methods: {sorted(METHODS)}")
-    return METHODS[name]
-
-
-def import_methods() -> None:
-    """Import every method module so it registers itself."""
-    import importlib
-    import pkgutil
-
-    import enhance.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name != "base":
-            importlib.import_module(f"enhance.methods.{info.name}")
+    """The method class registered as `name`; an unknown name raises a KeyError listing the known ones."""
+    return METHODS.get(name)

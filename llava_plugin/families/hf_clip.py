@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llava_plugin.registry import quiet_transformers, read_metadata, register_family, wrap_load_errors
-from llava_plugin.towers import TextEncoder, VisionTower
+from llava_plugin.families.base import quiet_transformers, register_family, wrap_load_errors
+from llava_plugin.towers import TextEncoder, VisionTower, read_metadata
 
 
 def _model_type(location: str) -> str:
@@ -18,7 +18,9 @@ def _model_type(location: str) -> str:
     return AutoConfig.from_pretrained(location).model_type
 
 
-@register_family("hf_clip", model_types=("clip", "clip_vision_model"))
+@register_family("hf_clip", model_types=("clip", "clip_vision_model"), forms=(
+    ("hf_clip:ID_OR_DIR", "an HF CLIP model (CLIPModel or CLIPVisionModel), family named explicitly"),
+))
 def load(spec: str, location: str) -> VisionTower:
     from transformers import CLIPImageProcessor, CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llava_plugin.registry import quiet_transformers, read_metadata, register_family, wrap_load_errors
-from llava_plugin.towers import TextEncoder, VisionTower
+from llava_plugin.families.base import quiet_transformers, register_family, wrap_load_errors
+from llava_plugin.towers import TextEncoder, VisionTower, read_metadata
 
 
-@register_family("hf_siglip", model_types=("siglip", "siglip_vision_model"))
+@register_family("hf_siglip", model_types=("siglip", "siglip_vision_model"), forms=(
+    ("hf_siglip:ID_OR_DIR", "an HF SigLIP model (SiglipModel or SiglipVisionModel), family named explicitly"),
+))
 def load(spec: str, location: str) -> VisionTower:
     from transformers import AutoConfig, SiglipImageProcessor, SiglipModel, SiglipVisionModel
 

@@ -10,11 +10,18 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from llava_plugin.families.base import TowerSpecError, register_family, wrap_load_errors
 from llava_plugin.families.hf_clip import build_clip_tower
-from llava_plugin.registry import TowerSpecError, register_family, wrap_load_errors
+
+CONFIG_FILE = "open_clip_config.json"  # marks an open_clip hub-layout directory
 
 
-@register_family("open_clip")
+@register_family("open_clip", files=(CONFIG_FILE,), forms=(
+    ("open_clip:ARCH@CHECKPOINT", ("an open_clip architecture (built-in name, or a model-config JSON file) "
+                                   "with a local checkpoint file")),
+    ("open_clip:DIR", (f"an open_clip hub-layout directory ({CONFIG_FILE} + open_clip_pytorch_model.bin / "
+                       "open_clip_model.safetensors)")),
+))
 def load(spec: str, location: str):
     from transformers import CLIPVisionModelWithProjection
 
@@ -49,9 +56,9 @@ def _convert(spec: str, location: str):
         path = Path(location)
         if not path.is_dir():
             raise TowerSpecError(spec, f"no such directory: {path} (or use open_clip:ARCH@CHECKPOINT)")
-        config_file = path / "open_clip_config.json"
+        config_file = path / CONFIG_FILE
         if not config_file.is_file():
-            raise TowerSpecError(spec, f"{path} has no open_clip_config.json (the open_clip hub layout)")
+            raise TowerSpecError(spec, f"{path} has no {CONFIG_FILE} (the open_clip hub layout)")
         meta = json.loads(config_file.read_text())
         model_cfg, preprocess_cfg = meta["model_cfg"], meta.get("preprocess_cfg", {})
         model = wrap_load_errors(spec, location, lambda: open_clip.create_model(f"local-dir:{path}"))
