@@ -1,7 +1,8 @@
 """Loading a LLaVA checkpoint and answering prompts about images with batched greedy decoding.
 
-The one place where an evaluation prompt becomes LLaVA-1.5 chat text (`format_prompt`,
-vicuna_v1: system prompt, "USER: <image>\\n{prompt} ASSISTANT:"), and where images are prepared
+The one place where an evaluation prompt becomes chat text (`format_prompt`: through the chat
+template of the checkpoint's own processor, which for checkpoints built here is LLaVA-1.5's
+vicuna_v1, system prompt + "USER: <image>\\n{prompt} ASSISTANT:"), and where images are prepared
 as LLaVA-1.5 evaluates them: padded to a square with the processor's mean colour
 (`image_aspect_ratio=pad`) before the processor resizes them. The lmms-eval plugin reuses both.
 """
@@ -15,14 +16,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava_plugin import images as llava_images
-from llava_plugin.llava import IMAGE_TOKEN, VICUNA_V1_SYSTEM
+from llava_plugin.chat import chat_template, render_chat
+from llava_plugin.llava import IMAGE_TOKEN  # noqa: F401 (the lmms-eval plugin imports it from here)
 
 
-def format_prompt(prompt: str, with_image: bool = True) -> str:
-    """One user turn in LLaVA-1.5's vicuna_v1 format (conv_vicuna_v1: separators " " and "</s>"),
-    ending where the assistant starts; the same text the checkpoint's chat template renders."""
-    image = f"{IMAGE_TOKEN}\n" if with_image else ""
-    return f"{VICUNA_V1_SYSTEM} USER: {image}{prompt} ASSISTANT:"
+def format_prompt(prompt: str, with_image: bool = True, processor=None) -> str:
+    """One user turn (the image, then `prompt`) as chat text ending where the assistant starts,
+    rendered by `processor.apply_chat_template`: the chat template saved with the checkpoint under
+    evaluation. Without a processor, by the template every checkpoint built here carries
+    (llava_plugin/templates.yaml's vicuna_v1, LLaVA-1.5's conv_vicuna_v1)."""
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+    messages = [{"role": "user", "content": content}]
+    if processor is not None:
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    return render_chat(chat_template(), messages, add_generation_prompt=True)
 
 
 def load_mllm(

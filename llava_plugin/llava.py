@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from llava_plugin.chat import DEFAULT_FORMAT, chat_template, get_format
 from llava_plugin.towers import VisionTower
 
 IMAGE_TOKEN = "<image>"
@@ -38,48 +39,9 @@ MM_PROJECTOR_KEYS = {
     "model.mm_projector.2.bias": "linear_2.bias",
 }
 
-VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                    "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-
-# LLaVA-1.5's `vicuna_v1` conversation (conv-mode vicuna_v1) as a Jinja chat template:
-#   "{system} USER: <image>\n{question} ASSISTANT: {answer}</s>USER: ... ASSISTANT:"
-# The image tag goes to the front of its turn and the turn's words are stripped, as LLaVA-1.5
-# does; a turn that is only an image renders "<image>" alone. Message content may be a string
-# (which may contain "<image>") or HF content parts ({"type": "image"}, {"type": "text"}).
-# A leading system message replaces the default system prompt. Must render exactly like
-# mllm_train's `vicuna_v1` template (a test checks it).
-VICUNA_V1_CHAT_TEMPLATE = (
-    "{%- set ns = namespace(system=\"" + VICUNA_V1_SYSTEM + "\", start=0) -%}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set ns.start = 1 -%}"
-    "{%- if messages[0]['content'] is string -%}{%- set ns.system = messages[0]['content'] -%}"
-    "{%- else -%}{%- set ns.system = messages[0]['content'] | selectattr('type', 'equalto', 'text')"
-    " | map(attribute='text') | join(' ') -%}{%- endif -%}"
-    "{%- endif -%}"
-    "{{- ns.system ~ ' ' -}}"
-    "{%- for message in messages[ns.start:] -%}"
-    "{%- if message['content'] is string -%}"
-    "{%- set images = message['content'].count('<image>') -%}"
-    "{%- set text = message['content'].replace('<image>', '') -%}"
-    "{%- else -%}"
-    "{%- set images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
-    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
-    " | join(' ') -%}"
-    "{%- endif -%}"
-    "{%- if images > 1 -%}{{- raise_exception('one image per conversation turn is supported') -}}{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{%- if images == 1 -%}{%- set text = text | trim -%}"
-    "{{- 'USER: <image>' ~ ('\\n' if text else '') ~ text ~ ' ' -}}"
-    "{%- else -%}{{- 'USER: ' ~ text ~ ' ' -}}{%- endif -%}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{%- if images -%}{{- raise_exception('assistant messages cannot carry an image') -}}{%- endif -%}"
-    "{{- 'ASSISTANT: ' ~ text ~ '</s>' -}}"
-    "{%- else -%}"
-    "{{- raise_exception('unknown role ' ~ message['role'] ~ ': expected system (first), user or assistant') -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
+# LLaVA-1.5's vicuna_v1 system prompt, without the separator after it. The chat template an
+# exported processor carries is generated from the same format (llava_plugin/templates.yaml).
+VICUNA_V1_SYSTEM = get_format("vicuna_v1").system.rstrip()
 
 
 def feature_strategy(tower_has_cls: bool, select_feature: str) -> str:
@@ -137,15 +99,17 @@ def llava_config(tower: VisionTower, text_config, image_token_id: int, *, projec
     )
 
 
-def llava_processor(tower: VisionTower, tokenizer, select_feature: str = "patch"):
-    """LlavaProcessor: the tower's image processor, the tokenizer (with `<image>`), vicuna_v1 chat."""
+def llava_processor(tower: VisionTower, tokenizer, select_feature: str = "patch",
+                    chat_format: str = DEFAULT_FORMAT):
+    """LlavaProcessor: the tower's image processor, the tokenizer (with `<image>`), and the Jinja
+    chat template of `chat_format` (llava_plugin/templates.yaml; default vicuna_v1)."""
     from transformers import LlavaProcessor
 
     add_image_token(tokenizer)
     return LlavaProcessor(
         image_processor=tower.image_processor, tokenizer=tokenizer, patch_size=tower.sizes.patch_size,
         vision_feature_select_strategy=feature_strategy(tower.has_cls, select_feature),
-        chat_template=VICUNA_V1_CHAT_TEMPLATE, image_token=IMAGE_TOKEN,
+        chat_template=chat_template(chat_format), image_token=IMAGE_TOKEN,
         num_additional_image_tokens=int(tower.has_cls),
     )
 

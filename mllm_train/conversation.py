@@ -1,5 +1,9 @@
 """Chat templates, tokenization and label masking for LLaVA-1.5 training.
 
+The formats themselves (plain, vicuna_v1) are data: llava_plugin/templates.yaml, read by
+llava_plugin.chat, which also writes each as the Jinja chat template exported checkpoints carry.
+`ChatTemplate` is such a format plus the training renderer: text and supervised spans.
+
 Labels come from the rendered text, not from length arithmetic: rendering a conversation
 returns the character spans that are supervised, and the fast tokenizer's offset mapping
 says which tokens fall inside them. A token that straddles a span boundary makes the sample
@@ -15,13 +19,12 @@ token right after the image, e.g. `▁ <image> ▁ \n What` instead of `▁ <ima
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from importlib import resources
+
+from llava_plugin.chat import IMAGE_PLACEHOLDER, ChatFormat, get_format, load_formats
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200  # original LLaVA's id for the single collapsed image position
-IMAGE_PLACEHOLDER = "<image>"  # the tag in LLaVA JSON conversations
 HUMAN, GPT = "human", "gpt"
 
 
@@ -41,28 +44,9 @@ class Turn:
 
 
 @dataclass(frozen=True)
-class ChatTemplate:
-    """One entry of templates.yaml; the fields are documented there."""
-
-    name: str
-    description: str
-    system: str
-    human: str
-    image: str
-    assistant_prompt: str
-    assistant: str
-    max_rounds: int | None
-    requires_image: bool
-
-    def __post_init__(self):
-        for field, required in (("human", "{image}"), ("assistant", "{text}")):
-            if required not in getattr(self, field):
-                raise ValueError(f"template {self.name!r}: field {field!r} must contain {required}")
-        if self.image.count(IMAGE_PLACEHOLDER) != 1:
-            raise ValueError(f"template {self.name!r}: field 'image' must contain {IMAGE_PLACEHOLDER} once")
-        for field in ("system", "human", "assistant_prompt", "assistant"):
-            if IMAGE_PLACEHOLDER in getattr(self, field):
-                raise ValueError(f"template {self.name!r}: {IMAGE_PLACEHOLDER} belongs in 'image', not {field!r}")
+class ChatTemplate(ChatFormat):
+    """A chat format of llava_plugin/templates.yaml (fields and checks: `ChatFormat`), rendered
+    for training."""
 
     def render(self, turns: list[Turn], sample_id=None, add_generation_prompt: bool = False) -> "Rendered":
         """The conversation as text, plus the character spans to supervise (the answers).
@@ -101,24 +85,12 @@ def _human_fields(text: str, image: str) -> dict[str, str]:
 
 
 def load_templates() -> dict[str, ChatTemplate]:
-    """All templates of templates.yaml, by name."""
-    import yaml
-
-    raw = yaml.safe_load(resources.files("mllm_train").joinpath("templates.yaml").read_text())
-    fields = {f.name for f in dataclasses.fields(ChatTemplate)} - {"name"}
-    templates = {}
-    for name, entry in raw.items():
-        if set(entry) != fields:
-            raise ValueError(f"templates.yaml entry {name!r}: keys {sorted(entry)} differ from {sorted(fields)}")
-        templates[name] = ChatTemplate(name=name, **entry)
-    return templates
+    """All formats of llava_plugin/templates.yaml, by name."""
+    return load_formats(ChatTemplate)
 
 
 def get_template(name: str) -> ChatTemplate:
-    templates = load_templates()
-    if name not in templates:
-        raise ValueError(f"unknown chat template {name!r}; known templates: {sorted(templates)}")
-    return templates[name]
+    return get_format(name, ChatTemplate)
 
 
 def check_turns(turns: list[Turn], sample_id, template: ChatTemplate, allow_open_end: bool = False) -> None:
