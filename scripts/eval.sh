@@ -76,8 +76,10 @@ if [[ -z "$benchmarks" ]]; then  # everything that has both its data and its mod
   [[ -n "$benchmarks" ]] || die "nothing to run: give a model/tower together with benchmark data flags"
 fi
 IFS=, read -r -a todo <<<"$benchmarks"
-# Check every input before the first benchmark starts.
+# Check every input before the first benchmark starts; the benchmark names come from eval's registry.
+known=$("$GF_PY" -m eval benchmarks --names) || die "cannot list the benchmarks: $GF_PY -m eval benchmarks --names failed"
 for b in "${todo[@]}"; do
+  grep -qxF -- "$b" <<<"$known" || die "unknown benchmark '$b' (known: $(paste -sd, - <<<"$known"))"
   case "$b" in
     mmvp-vlm) [[ -n "$tower" ]] || die "mmvp-vlm needs --vision-tower"; require_path "MMVP-VLM data" "$mmvp_vlm" ;;
     zeroshot) [[ -n "$tower" ]] || die "zeroshot needs --vision-tower"; require_path "zero-shot data" "$zeroshot" ;;
@@ -85,7 +87,7 @@ for b in "${todo[@]}"; do
     cv-bench) [[ -n "$model" ]] || die "cv-bench needs --model"; require_path "CV-Bench data" "$cv_bench" ;;
     vqa) [[ -n "$model" && -n "$vqa_tasks" ]] || die "vqa needs --model and --vqa-tasks"
          require_path "VQA data root" "$vqa_root" ;;
-    *) die "unknown benchmark '$b' (mmvp-vlm, zeroshot, mmvp, cv-bench, vqa)" ;;
+    *) die "benchmark '$b' has no data flag in scripts/eval.sh; run $GF_PY -m eval $b directly" ;;
   esac
 done
 if [[ -n "$model" ]]; then require_path "LLaVA checkpoint (--model)" "$model/config.json"; fi

@@ -27,9 +27,9 @@ import json
 import re
 from pathlib import Path
 
-import torch
 from PIL import Image
 
+from eval.benchmarks.base import GenerationBenchmark, register_benchmark
 from eval.benchmarks.common import DatasetLayoutError, mean, open_rgb, percent, problem_lists, require_dir
 
 NAME = "cv_bench"
@@ -210,48 +210,48 @@ def score(predictions: list[dict], config: dict) -> dict:
 
 
 # ---------------------------------------------------------------- model
-def run(
-    model_path: str,
-    data_dir: Path | str,
-    parser: str = "cambrian",
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    device: str = "cpu",
-    dtype: str = "float32",
-    vision_tower: str | None = None,
-    prompt_suffix: str = PROMPT_SUFFIX,
-) -> tuple[list[dict], dict]:
-    from eval import mllm
+@register_benchmark
+class CVBench(GenerationBenchmark):
+    name = NAME
+    help = "CV-Bench (2D/3D) with a LLaVA model"
 
-    if parser not in PARSERS:
-        raise ValueError(f"unknown CV-Bench parser {parser!r}; known parsers: {PARSERS}")
-    rows = load(data_dir)
-    model, processor = mllm.load_mllm(
-        model_path, device=device, dtype=getattr(torch, dtype), vision_tower=vision_tower
-    )
-    images = [row_image(r) for r in rows]
-    prompts = [mllm.format_prompt(build_prompt(r, prompt_suffix)) for r in rows]
-    answers = mllm.generate(
-        model,
-        processor,
-        images,
-        prompts,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        desc="cv-bench",
-    )
-    predictions = [
-        make_prediction(r, p, a, parser, missing_image=im is None)
-        for r, p, a, im in zip(rows, prompts, answers, images)
-    ]
-    config = {
-        "model": model_path,
-        "vision_tower": vision_tower,
-        "data": str(Path(data_dir).resolve()),
-        "parser": parser,
-        "prompt_suffix": prompt_suffix,
-        "max_new_tokens": max_new_tokens,
-        "dtype": dtype,
-        "decoding": "greedy",
-    }
-    return predictions, score(predictions, config)
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--parser",
+            choices=PARSERS,
+            default="cambrian",
+            help="answer parser: cambrian (official scorer, default) or lmms "
+            "(lmms-eval's start-of-text regex)",
+        )
+        parser.add_argument(
+            "--prompt-suffix",
+            default=None,
+            help="text appended to each row's prompt after a newline (default: LLaVA's "
+            '"Answer with the option\'s letter from the given choices directly.", as Cambrian-1 does; '
+            '"" for the bare prompt)',
+        )
+
+    @staticmethod
+    def suffix(args) -> str:
+        return PROMPT_SUFFIX if args.prompt_suffix is None else args.prompt_suffix
+
+    def load(self, args) -> list[dict]:
+        if args.parser not in PARSERS:
+            raise ValueError(f"unknown CV-Bench parser {args.parser!r}; known parsers: {PARSERS}")
+        return load(args.data)
+
+    def predict(self, args, rows: list[dict]) -> list[dict]:
+        images = [row_image(r) for r in rows]
+        texts = [build_prompt(r, self.suffix(args)) for r in rows]
+        prompts, answers = self.answer(args, images, texts, desc="cv-bench")
+        return [
+            make_prediction(r, p, a, args.parser, missing_image=im is None)
+            for r, p, a, im in zip(rows, prompts, answers, images)
+        ]
+
+    def options(self, args, rows: list[dict]) -> dict:
+        return {"parser": args.parser, "prompt_suffix": self.suffix(args)}
+
+    rejudge = staticmethod(rejudge)
+    score = staticmethod(score)

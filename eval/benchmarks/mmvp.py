@@ -24,12 +24,12 @@ file still carries the original labels and refuses a file that is already correc
 
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from eval.benchmarks.base import GenerationBenchmark, register_benchmark
 from eval.benchmarks.common import (
     DatasetLayoutError,
     open_rgb,
@@ -222,43 +222,46 @@ def score(predictions: list[dict], config: dict) -> dict:
 
 
 # ---------------------------------------------------------------- model
-def run(
-    model_path: str,
-    data_dir: Path | str,
-    prompt_style: str = "llava",
-    fix_label_swap: bool = True,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    device: str = "cpu",
-    dtype: str = "float32",
-    vision_tower: str | None = None,
-) -> tuple[list[dict], dict]:
-    from eval import mllm
+@register_benchmark
+class MMVP(GenerationBenchmark):
+    name = NAME
+    help = "MMVP (150 pairs / 300 questions) with a LLaVA model"
 
-    if prompt_style not in PROMPT_STYLES:
-        raise ValueError(f"unknown MMVP prompt style {prompt_style!r}; known styles: {PROMPT_STYLES}")
-    questions = load(data_dir, fix_label_swap=fix_label_swap)
-    model, processor = mllm.load_mllm(
-        model_path, device=device, dtype=getattr(torch, dtype), vision_tower=vision_tower
-    )
-    images = [open_rgb(q.image) for q in questions]
-    prompts = [mllm.format_prompt(build_prompt(q, prompt_style)) for q in questions]
-    answers = mllm.generate(
-        model, processor, images, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, desc="mmvp"
-    )
-    predictions = [
-        make_prediction(q, p, a, missing_image=im is None)
-        for q, p, a, im in zip(questions, prompts, answers, images)
-    ]
-    config = {
-        "model": model_path,
-        "vision_tower": vision_tower,
-        "data": str(Path(data_dir).resolve()),
-        "prompt_style": prompt_style,
-        "fix_label_swap": fix_label_swap,
-        "parser": PARSER,
-        "max_new_tokens": max_new_tokens,
-        "dtype": dtype,
-        "decoding": "greedy",
-    }
-    return predictions, score(predictions, config)
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--prompt-style",
+            choices=PROMPT_STYLES,
+            default="llava",
+            help="llava: '{q}\\nA. ..\\nB. ..\\nAnswer with the option's letter...' (default); "
+            "original: the MMVP script's '{q} (a) .. (b) ..'",
+        )
+        parser.add_argument(
+            "--fix-label-swap",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="correct the swapped labels of questions 99/100 and 279/280 of the original release "
+            "(default: on; use --no-fix-label-swap for an already corrected file or to reproduce "
+            "numbers graded on the original labels)",
+        )
+
+    def load(self, args) -> list[Question]:
+        if args.prompt_style not in PROMPT_STYLES:
+            style = args.prompt_style
+            raise ValueError(f"unknown MMVP prompt style {style!r}; known styles: {PROMPT_STYLES}")
+        return load(args.data, fix_label_swap=args.fix_label_swap)
+
+    def predict(self, args, questions: list[Question]) -> list[dict]:
+        images = [open_rgb(q.image) for q in questions]
+        texts = [build_prompt(q, args.prompt_style) for q in questions]
+        prompts, answers = self.answer(args, images, texts, desc="mmvp")
+        return [
+            make_prediction(q, p, a, missing_image=im is None)
+            for q, p, a, im in zip(questions, prompts, answers, images)
+        ]
+
+    def options(self, args, questions: list[Question]) -> dict:
+        return {"prompt_style": args.prompt_style, "fix_label_swap": args.fix_label_swap, "parser": PARSER}
+
+    rejudge = staticmethod(rejudge)
+    score = staticmethod(score)

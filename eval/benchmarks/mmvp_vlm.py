@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from eval.benchmarks.base import EncoderBenchmark, register_benchmark
 from eval.benchmarks.common import (
     DatasetLayoutError,
     batched,
@@ -192,20 +193,24 @@ def predict(tower, statements: list[Statement], batch_size: int = 32) -> list[di
     return predictions
 
 
-def run(
-    tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
-) -> tuple[list[dict], dict]:
-    from llava_plugin.registry import load_tower
+@register_benchmark
+class MMVPVLM(EncoderBenchmark):
+    name = NAME
+    command = "mmvp-vlm"
+    help = "MMVP-VLM with a CLIP-style tower and its text encoder (official pairing and scoring)"
 
-    statements = load(data_dir)
-    tower = load_tower(tower_spec, device=device, dtype=getattr(torch, dtype))
-    predictions = predict(tower, statements, batch_size)
-    config = {
-        "tower": tower_spec,
-        "dtype": dtype,
-        "data": str(Path(data_dir).resolve()),
-        "text_prefix": TEXT_PREFIX,
-        "rule": "official: per-statement softmax over the pair's 2 images, img1 iff p>0.5; "
-        "category = pair index // 15",
-    }
-    return predictions, score(predictions, config)
+    def load(self, args) -> list[Statement]:
+        return load(args.data)
+
+    def predict(self, args, statements: list[Statement]) -> list[dict]:
+        return predict(self.load_tower(args), statements, args.batch_size)
+
+    def options(self, args, statements: list[Statement]) -> dict:
+        return {
+            "text_prefix": TEXT_PREFIX,
+            "rule": "official: per-statement softmax over the pair's 2 images, img1 iff p>0.5; "
+            "category = pair index // 15",
+        }
+
+    rejudge = staticmethod(rejudge)
+    score = staticmethod(score)

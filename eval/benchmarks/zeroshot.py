@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from eval.benchmarks.base import EncoderBenchmark, register_benchmark
 from eval.benchmarks.common import DatasetLayoutError, batched, open_rgb, percent, problem_lists, require_dir
 
 NAME = "zeroshot"
@@ -94,19 +95,20 @@ def predict(
     return predictions
 
 
-def run(
-    tower_spec: str, data_dir: Path | str, batch_size: int = 32, device: str = "cpu", dtype: str = "float32"
-) -> tuple[list[dict], dict]:
-    from llava_plugin.registry import load_tower
+@register_benchmark
+class ZeroShot(EncoderBenchmark):
+    name = NAME
+    help = "zero-shot top-1 over <class>/<image> folders with the tower's text encoder"
 
-    classes, samples = load(data_dir)
-    tower = load_tower(tower_spec, device=device, dtype=getattr(torch, dtype))
-    predictions = predict(tower, classes, samples, Path(data_dir), batch_size)
-    config = {
-        "tower": tower_spec,
-        "dtype": dtype,
-        "data": str(Path(data_dir).resolve()),
-        "template": TEMPLATE,
-        "classes": classes,
-    }
-    return predictions, score(predictions, config)
+    def load(self, args) -> tuple[list[str], list[tuple[str, Path]]]:
+        return load(args.data)
+
+    def predict(self, args, data) -> list[dict]:
+        classes, samples = data
+        return predict(self.load_tower(args), classes, samples, Path(args.data), args.batch_size)
+
+    def options(self, args, data) -> dict:
+        return {"template": TEMPLATE, "classes": data[0]}
+
+    rejudge = staticmethod(rejudge)
+    score = staticmethod(score)
