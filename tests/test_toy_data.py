@@ -14,7 +14,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from llava_plugin.images import ImageDecodeError, decode_rgb
 from llava_plugin.toy import build_zoo
-from llava_plugin.toy.data import MMVP_SWAPPED_QUESTIONS, MMVP_VLM_TYPES
+from llava_plugin.toy.benchmark_data import MMVP_SWAPPED_QUESTIONS, MMVP_VLM_TYPES
 from llava_plugin.toy.scenes import PATTERNS, draw_pair, draw_scene, questions_about
 
 
