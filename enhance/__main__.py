@@ -31,8 +31,8 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
                    "GenHancer stage-1 output dir)")
     p.add_argument("--data", help="images: a folder, a .jsonl list ({'image': path} lines), a .tar shard, a brace "
                    "pattern (dir/{00000..00331}.tar) or a directory of .tar shards")
-    p.add_argument("--preset", help="preset name (`python -m enhance presets`) or YAML path; default: the "
-                   "method's own preset")
+    p.add_argument("--preset", help="preset name (`python -m enhance presets`) or YAML path, or `paper` "
+                   "(<method>-<backbone>) or `toy` (tiny-<method>, with --zoo); default: the method's own preset")
     p.add_argument("--config", help="a YAML file merged over the preset (same keys as a preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optim.lr=1e-5 --set method.stage=2 (repeatable)")
@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common_flags(train)
     train.add_argument("--output", help="run directory (metrics.jsonl, checkpoints/, vision_tower/)")
     train.add_argument("--deepspeed", help="zero2 | zero3 | path to a DeepSpeed JSON (sets deepspeed.config)")
-    train.add_argument("--max-steps", type=int, help="optimizer steps (sets schedule.max_steps)")
+    train.add_argument("--max-steps", type=int, help="optimizer steps (sets schedule.max_steps; every stage's)")
+    train.add_argument("--backbone", help="with --preset paper: the published backbone (default openai-l14-224; "
+                       "`python -m enhance presets` lists the <method>-<backbone> presets)")
+    train.add_argument("--check", action="store_true", help="resolve and check the run (config, stages, input "
+                       "paths), print its stages and exit without training")
 
     diag = sub.add_parser("diagnose", help="generator loss with the tower's own vs a shuffled condition, per "
                           "timestep band (un2CLIP's label-free check)")
@@ -75,11 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", help="list presets")
     presets.add_argument("--show", metavar="NAME", help="print one preset fully resolved (base chain merged)")
     presets.add_argument("--method", help="list a method's own config fields (the `method:` section)")
+    presets.add_argument("--names", action="store_true", help="only the preset names, one per line (for scripts)")
+    presets.add_argument("--methods", action="store_true", help="only the registered method names, one per line")
     return parser
 
 
-def config_from_args(args) -> EnhanceConfig:  # noqa: F821
-    from enhance.config import PRESET_DIR, load_config
+def _preset_and_overrides(args) -> tuple[str, dict]:
+    from enhance.config import resolve_preset
 
     flags: dict = {}
     if args.method:
@@ -93,22 +99,54 @@ def config_from_args(args) -> EnhanceConfig:  # noqa: F821
         flags["deepspeed"] = {"config": args.deepspeed}
     if getattr(args, "max_steps", None) is not None:
         flags["schedule"] = {"max_steps": args.max_steps}
-    preset = args.preset
-    if preset is None:
-        if not args.method:
-            raise ConfigError("pass --method NAME or --preset NAME")
-        preset = args.method if (PRESET_DIR / f"{args.method}.yaml").is_file() else "base"
-    overrides = deep_merge(flags, parse_overrides(args.set))
+    preset = resolve_preset(args.method, args.preset, getattr(args, "backbone", None), args.zoo)
+    return preset, deep_merge(flags, parse_overrides(args.set))
+
+
+def run_from_args(args) -> list:
+    """[(stage, config)]: every stage the preset runs (GenHancer's presets run stage1 then stage2)."""
+    from enhance.config import load_run
+
+    preset, overrides = _preset_and_overrides(args)
+    return load_run(preset=preset, config_file=args.config, overrides=overrides, zoo=args.zoo)
+
+
+def config_from_args(args):
+    """The config of a one-stage preset (diagnose, bench and stage-by-stage use)."""
+    from enhance.config import STAGES_KEY, load_config, load_yaml_preset, PRESET_DIR
+
+    preset, overrides = _preset_and_overrides(args)
+    stages = load_yaml_preset(PRESET_DIR, preset).get(STAGES_KEY)
+    if stages:
+        raise ConfigError(f"preset {preset!r} runs the stages {list(stages)}; pass one stage's preset "
+                          f"({', '.join(stages.values())}) here")
     return load_config(preset=preset, config_file=args.config, overrides=overrides, zoo=args.zoo)
 
 
 def cmd_train(args) -> int:
-    from llava_plugin import distributed
-    from enhance.trainer import EnhanceTrainer
+    import gc
 
-    cfg = config_from_args(args)
-    trainer = EnhanceTrainer(cfg)
-    summary = trainer.fit()
+    from enhance.trainer import EnhanceTrainer
+    from llava_plugin import distributed
+
+    stages = run_from_args(args)
+    if args.check:
+        from enhance.config import check_inputs
+
+        check_inputs(stages)
+        for stage, cfg in stages:
+            print(f"{stage}: method={cfg.method_name} output={cfg.output_dir} generator={cfg.generator} "
+                  f"steps={cfg.schedule.max_steps or 'epochs=' + str(cfg.schedule.epochs)}")
+        return 0
+    summaries = {}
+    for number, (stage, cfg) in enumerate(stages, 1):
+        if len(stages) > 1 and distributed.is_main():
+            logging.getLogger("enhance").info("stage %d of %d (%s): %s", number, len(stages), stage, cfg.output_dir)
+        summaries[stage] = EnhanceTrainer(cfg).fit()
+        gc.collect()  # the stage's engine and models go before the next stage loads its own
+    summary = dict(summaries[stages[-1][0]])
+    if len(stages) > 1:
+        summary["stages"] = summaries
     if distributed.is_main():
         print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -162,8 +200,13 @@ def cmd_presets(args) -> int:
         print(f"method.name: {args.method}")
         print("\n".join(help_text(cls.config_cls, "method.")))
         return 0
+    if args.methods:
+        from enhance.methods.base import METHODS
+
+        print("\n".join(METHODS.names()))
+        return 0
     for name in presets():
-        print(preset_summary(name))
+        print(name if args.names else preset_summary(name))
     return 0
 
 

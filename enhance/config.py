@@ -165,6 +165,89 @@ def resolve_zoo_refs(data, zoo: str | None, key: str = ""):
     return str(value)
 
 
+STAGES_KEY = "stages"
+PAPER_BACKBONE = "openai-l14-224"
+
+
+def resolve_preset(method: str | None, preset: str | None, backbone: str | None = None,
+                   zoo: str | None = None) -> str:
+    """The preset a run uses: a name or YAML path as given, or one of two recipe keywords,
+    `paper` (`<method>-<backbone>`, the published recipe) and `toy` (`tiny-<method>`, the same code on
+    the tiny zoo). Without --preset: the method's own preset."""
+    if preset not in (None, "paper", "toy"):
+        if backbone:
+            raise ConfigError(f"--backbone {backbone} goes with --preset paper, not --preset {preset}")
+        return preset
+    if not method:
+        raise ConfigError("pass --method NAME or --preset NAME")
+    from enhance.methods.base import get_method
+
+    try:
+        get_method(method)
+    except KeyError as err:
+        raise ConfigError(f"--method {method}: {err}") from err
+    if preset is None:
+        return method if method in presets() else "base"
+    if preset == "toy":
+        if not zoo:
+            raise ConfigError("--preset toy needs --zoo DIR (build one with: python -m llava_plugin.toy --out DIR)")
+        name = f"tiny-{method}"
+    else:
+        name = f"{method}-{backbone or PAPER_BACKBONE}"
+    if name not in presets():
+        mine = sorted(p.removeprefix(f"{method}-") for p in presets()
+                      if p.startswith(f"{method}-") and not p.startswith(f"{method}-discrete")
+                      and "-stage" not in p)
+        raise ConfigError(f"no {preset} preset {name!r} for method {method!r}" +
+                          (f"; its paper backbones: {mine}" if preset == "paper" and mine else "") +
+                          " (python -m enhance presets lists them all)")
+    return name
+
+
+def check_inputs(stages: list[tuple[str, EnhanceConfig]]) -> None:
+    """The run's local inputs exist (before any process starts): the images, and every generator
+    that is not made by an earlier stage of the same run."""
+    from enhance.data import expand_braces
+
+    made = set()
+    for _, cfg in stages:
+        source = cfg.data.source
+        if source and not any(Path(p).exists() for p in expand_braces(source)):
+            raise ConfigError(f"training data (--data) not found: {source}")
+        cfg.require_run_fields()
+        if cfg.generator not in made and cfg.generator.startswith(("/", ".")) and not Path(cfg.generator).exists():
+            raise ConfigError(f"generator (--generator) not found: {cfg.generator}")
+        made.add(cfg.output_dir)
+
+
+def load_run(preset: str | None = None, config_file: str | None = None,
+             overrides: dict[str, Any] | None = None, zoo: str | None = None) -> list[tuple[str, EnhanceConfig]]:
+    """The stages one `python -m enhance train` runs, as [(stage, config)], in order.
+
+    A preset with `stages:` (a preset per stage of its method, e.g. GenHancer's stage1 and stage2)
+    runs every stage the method declares (`Method.stages`), each from its own preset with the same
+    flags and overrides, chained by `Method.stage_overrides` (output dirs, the generator a stage
+    takes from the one before). Any other preset is one stage.
+    """
+    stages = load_yaml_preset(PRESET_DIR, preset).get(STAGES_KEY) if preset else None
+    if stages is None:
+        return [("train", load_config(preset, config_file, overrides, zoo))]
+    if not isinstance(stages, dict) or not stages:
+        raise ConfigError(f"preset {preset!r}: `{STAGES_KEY}:` must map each stage name to a preset")
+    from enhance.methods.base import get_method
+
+    first = load_config(next(iter(stages.values())), config_file, overrides, zoo)
+    method = get_method(first.method_name)
+    if list(stages) != list(method.stages):
+        raise ConfigError(f"preset {preset!r} lists stages {list(stages)}, but method {first.method_name!r} runs "
+                          f"{list(method.stages)}: name a preset for each, in that order")
+    if not first.output_dir:
+        raise ConfigError("output_dir is not set: pass --output (every stage of the run writes under it)")
+    return [(stage, load_config(stages[stage], config_file,
+                                deep_merge(overrides or {}, method.stage_overrides(stage, first.output_dir)), zoo))
+            for stage in method.stages]
+
+
 def presets() -> list[str]:
     return list_presets(PRESET_DIR)
 
@@ -172,6 +255,8 @@ def presets() -> list[str]:
 def preset_summary(name: str) -> str:
     """One line per preset for `python -m enhance presets`."""
     data = load_yaml_preset(PRESET_DIR, name)
+    if STAGES_KEY in data:
+        return f"{name:<42} stages: " + ", ".join(f"{stage}={p}" for stage, p in data[STAGES_KEY].items())
     method = data.get("method", {}).get("name", "?")
     optim = data.get("optim", {})
     sched = data.get("schedule", {})

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from enhance.config import PRESET_DIR, ConfigError, load_config, presets
+from enhance.config import PRESET_DIR, STAGES_KEY, ConfigError, load_config, load_run, presets
 from llava_plugin.config import load_yaml_preset
 
 
@@ -17,7 +17,11 @@ def paper_zoo(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("name", [p for p in presets() if p != "base"])
+def _single_stage(name):
+    return STAGES_KEY not in load_yaml_preset(PRESET_DIR, name)
+
+
+@pytest.mark.parametrize("name", [p for p in presets() if p != "base" and _single_stage(p)])
 def test_every_preset_parses_with_its_methods_config(name, paper_zoo):
     cfg = load_config(preset=name, zoo=str(paper_zoo))
     assert type(cfg.method_config()).__name__.endswith("Config")  # the method section is the method's own
@@ -27,6 +31,21 @@ def test_every_preset_parses_with_its_methods_config(name, paper_zoo):
         assert cfg.data.source == str(paper_zoo / "scenes")
         with pytest.raises(ConfigError, match="--zoo"):
             load_config(preset=name)
+
+
+@pytest.mark.parametrize("name", [p for p in presets() if not _single_stage(p)])
+def test_every_multi_stage_preset_chains_its_methods_stages(name, paper_zoo, tmp_path):
+    from enhance.methods.base import get_method
+
+    run = load_run(preset=name, overrides={"output_dir": str(tmp_path)}, zoo=str(paper_zoo))
+    method = get_method(run[0][1].method_name)
+    assert [stage for stage, _ in run] == list(method.stages) == ["stage1", "stage2"]
+    (_, first), (_, second) = run
+    assert (first.method["stage"], second.method["stage"]) == (1, 2)
+    assert first.output_dir == str(tmp_path / "stage1") and second.output_dir == str(tmp_path)
+    assert second.generator == first.output_dir and second.vision_tower == first.vision_tower
+    with pytest.raises(ConfigError, match="output_dir is not set"):
+        load_run(preset=name, zoo=str(paper_zoo))
 
 
 def test_base_preset_names_no_method():

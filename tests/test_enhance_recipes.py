@@ -74,8 +74,8 @@ def test_diva_latent_cache_matches_uncached(recipe_zoo, tmp_path):
     assert [r["loss"] for r in cached] == pytest.approx([r["loss"] for r in plain], rel=1e-4)
 
 
-@pytest.mark.parametrize("preset", ["tiny-genhancer",
-                                    pytest.param("tiny-genhancer-discrete", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("preset", ["tiny-genhancer-stage1",
+                                    pytest.param("tiny-genhancer-discrete-stage1", marks=pytest.mark.slow)])
 def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tmp_path, preset):
     from safetensors.torch import load_file
 
@@ -110,10 +110,27 @@ def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tm
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
 
 
+def test_genhancer_runs_both_stages_in_one_command(recipe_zoo, tmp_path):
+    """The method declares its stages: one `enhance train` runs stage 1, hands its generator to
+    stage 2 and exports the LoRA-merged tower; each stage's artefacts stay in the run dir."""
+    from llava_plugin.registry import read_metadata
+
+    rows = train(recipe_zoo, "tiny-genhancer", tmp_path, "--max-steps", "2", "--set", "diagnose.images=0")
+    assert [r["step"] for r in rows] == [1, 2]  # stage 2's log; stage 1 keeps its own
+    assert [r["step"] for r in (json.loads(line) for line in
+                                (tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    assert (tmp_path / "stage1" / "generator").is_dir() and (tmp_path / "stage1" / "vision_tower").is_dir()
+    assert max_change(tmp_path / "stage1" / "vision_tower", recipe_zoo.clip) == 0.0  # stage 1: tower frozen
+    assert max_change(tmp_path / "vision_tower", recipe_zoo.clip) > 1e-5  # stage 2: LoRA merged
+    meta = read_metadata(tmp_path / "vision_tower")
+    assert meta["generator"] == str(tmp_path / "stage1") and meta["config"]["method"]["stage"] == 2
+    assert meta["config"]["optim"]["lr"] == 1e-3  # tiny-genhancer-stage2's recipe, from YAML
+
+
 @pytest.mark.slow  # ~60 s: three fresh processes, each a full trainer setup
 def test_bench_measures_every_variant_side_by_side(recipe_zoo, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--presets", "tiny-genhancer", "--zoo", str(recipe_zoo.root), "--steps", "1",
+    assert main(["bench", "--presets", "tiny-genhancer-stage1", "--zoo", str(recipe_zoo.root), "--steps", "1",
                  "--warmup", "1", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [r["variant"] for r in result["rows"]] == ["plain", "cache", "checkpointing"]
@@ -123,4 +140,4 @@ def test_bench_measures_every_variant_side_by_side(recipe_zoo, tmp_path, capsys)
         assert row["images_per_s"] > 0 and row["peak_mb"] >= row["peak_over_baseline_mb"] >= 0
         assert row["images"] == 8 and row["final_loss"] == row["final_loss"]
     table = capsys.readouterr().out
-    assert "x plain" in table and "tiny-genhancer" in table and "VmHWM" in table
+    assert "x plain" in table and "tiny-genhancer-stage1" in table and "VmHWM" in table

@@ -46,7 +46,7 @@ def test_unknown_flag_stops_with_a_message(script):
 @pytest.mark.parametrize("script,args,message", [
     ("enhance.sh", ["--method", "diva", "--output", "/tmp/x", "--data", "/nonexistent/images"],
      "training data (--data) not found: /nonexistent/images"),
-    ("enhance.sh", ["--method", "dreambooth", "--output", "/tmp/x"], "unknown --method 'dreambooth'"),
+    ("enhance.sh", ["--method", "dreambooth", "--output", "/tmp/x"], "unknown method 'dreambooth'; known methods"),
     ("enhance.sh", ["--method", "diva", "--output", "/tmp/x", "--gpus", "two"], "--gpus must be a positive"),
     ("enhance.sh", ["--method", "diva", "--output", "/tmp/x", "--preset", "toy"], "--preset toy needs --zoo"),
     ("train_llava.sh", ["--vision-tower", "/nonexistent/tower", "--llm", "x", "--output", "/tmp/x"],

@@ -217,6 +217,17 @@ class GenHancerBase(Method):
 
     tokenizer_dir: ClassVar[str] = ""
 
+    stages: ClassVar[tuple[str, ...]] = ("stage1", "stage2")
+
+    @classmethod
+    def stage_overrides(cls, stage: str, run_dir: str) -> dict[str, Any]:
+        """stage1 trains the generator into RUN/stage1/ (its `generator/` is what stage 2 loads);
+        stage2 trains the tower's LoRA in RUN itself, so RUN/vision_tower/ is the run's export."""
+        stage1_dir = str(Path(run_dir) / "stage1")
+        if stage == "stage1":
+            return {"output_dir": stage1_dir, "method": {"stage": 1}}
+        return {"output_dir": run_dir, "generator": stage1_dir, "method": {"stage": 2}}
+
     def __init__(self, cfg: GenHancerCommonConfig, tower: VisionTower, generator: str):
         super().__init__(cfg, tower, generator)
         cfg.validate()
