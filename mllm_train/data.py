@@ -57,6 +57,10 @@ class DataConfig:
     group_by_modality_length: bool = field(default=False, metadata={
         "help": "steps that are all-image or all-text with length-balanced micro-batches (LLaVA-1.5 finetune: "
                 "true; llava_plugin.train.plan.modality_length_steps)"})
+    length_group_megabatches: int = field(default=1, metadata={
+        "help": "with group_by_modality_length: micro-batches per length-sorted megabatch (LLaVA-1.5: 1, which "
+                "balances lengths across ranks only; more puts similar lengths in one micro-batch: less padding, "
+                "less randomness)"})
     pack_sequences: bool = field(default=False, metadata={
         "help": "concatenate each micro-batch into one row without padding (mllm_train.packing; same loss, "
                 "fewer positions computed). LLaVA-1.5 pads."})
@@ -75,6 +79,8 @@ class DataConfig:
             raise ConfigError(f"data.max_skip_fraction={self.max_skip_fraction}: must be in [0, 1]")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
+        if self.length_group_megabatches < 1:
+            raise ConfigError(f"data.length_group_megabatches={self.length_group_megabatches}: must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from mllm_train.conversation import get_template
 from mllm_train.data import Collator, LlavaDataset, default_pad_token_id
 from mllm_train.export import export_llava
 from mllm_train.model import build_model, param_groups, unwrap
-from mllm_train.packing import PackedCollator, num_sequences
+from mllm_train.packing import PackedCollator, num_positions, num_sequences
 
 logger = logging.getLogger("mllm_train")
 
@@ -45,7 +45,8 @@ def epoch_steps(lengths: list[int], has_image: list[bool], cfg: TrainConfig, epo
     a seeded shuffle. A last partial step repeats its own samples up to whole micro-batches."""
     chunks = cfg.batch.global_batch_size // cfg.batch.micro_batch_size
     if cfg.data.group_by_modality_length:
-        return modality_length_steps(lengths, has_image, cfg.batch.micro_batch_size, chunks, cfg.data.seed, epoch)
+        return modality_length_steps(lengths, has_image, cfg.batch.micro_batch_size, chunks, cfg.data.seed, epoch,
+                                     megabatch_mult=cfg.data.length_group_megabatches)
     return shuffled_steps(len(lengths), cfg.batch.global_batch_size, cfg.batch.micro_batch_size, cfg.data.seed,
                           epoch)
 
@@ -109,12 +110,14 @@ class LlavaTrainer(Trainer):
         loss = self.engine(**batch, use_cache=False).loss
         self.engine.backward(loss)
         self.engine.step()
+        tokens, positions = num_positions(batch)
         return {"loss": float(loss.detach()), "supervised_tokens": float((batch["labels"] != -100).sum()),
-                "samples": float(num_sequences(batch))}
+                "samples": float(num_sequences(batch)), "tokens": float(tokens), "positions": float(positions)}
 
     def step_row(self, sums: dict[str, float], seconds: float) -> dict:
         return {"epoch": self.order.epoch_of(self.step - 1), "loss": sums["loss"] / max(sums["micro_batches"], 1),
                 "supervised_tokens": int(sums["supervised_tokens"]), "samples": int(sums["samples"]),
+                "tokens": int(sums["tokens"]), "positions": int(sums["positions"]),
                 "seconds": round(seconds, 4)}
 
     # ------------------------------------------------------------------ export

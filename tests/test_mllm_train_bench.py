@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from mllm_train.bench import micro_batches, run_variant, table
+from mllm_train.bench import run_variant, table, variant_config
 
 
 def _padding(batches, lengths):
@@ -16,33 +16,43 @@ def _padding(batches, lengths):
 
 
 def test_grouped_batches_carry_less_padding():
+    """What the bench's `grouped` variant runs: LLaVA's grouping with length-sorted megabatches."""
+    from llava_plugin.train.plan import modality_length_steps, shuffled_steps
+
     rng = random.Random(0)
     lengths = [rng.randint(5, 300) for _ in range(400)]
     has_image = [rng.random() < 0.8 for _ in range(400)]
-    count = 90
-    grouped = micro_batches(lengths, has_image, 4, "grouped", count, seed=1, group_mult=8)
-    plain = micro_batches(lengths, has_image, 4, "random", count, seed=1, group_mult=8)
-    for batches in (grouped, plain):
-        assert len(batches) == count and all(len(b) == 4 for b in batches)
-        assert all(len({has_image[i] for i in b}) == 1 for b in batches)  # one modality per micro-batch
+    grouped = [b for step in modality_length_steps(lengths, has_image, 4, 1, seed=1, epoch=0, megabatch_mult=8,
+                                                   drop_last=True) for b in step]
+    plain = [b for step in shuffled_steps(400, 4, 4, seed=1, epoch=0) for b in step]
+    assert all(len({has_image[i] for i in b}) == 1 for b in grouped)  # one modality per micro-batch
     assert _padding(grouped, lengths) < 0.5 * _padding(plain, lengths)
-    with pytest.raises(ValueError, match="gives 99 micro-batches of 4; the bench needs 100"):
-        micro_batches(lengths, has_image, 4, "random", 100, seed=1, group_mult=8)
+
+
+def test_variant_config_is_the_trainers_with_one_micro_batch_per_step():
+    config = {"batch": {"global_batch_size": 128, "micro_batch_size": 16}, "data": {"data_path": "d.json"}}
+    cfg = variant_config(config, gradient_checkpointing=True, batching="grouped_packed", steps=3, group_mult=8,
+                         output_dir="out")
+    assert cfg["batch"] == {"global_batch_size": 16, "micro_batch_size": 16}
+    assert cfg["schedule"]["max_steps"] == 4 and cfg["precision"]["gradient_checkpointing"] is True
+    assert cfg["data"] == {"data_path": "d.json", "group_by_modality_length": True, "pack_sequences": True,
+                           "length_group_megabatches": 8}
+    with pytest.raises(ValueError, match="batching 'sorted'"):
+        variant_config(config, gradient_checkpointing=False, batching="sorted", steps=1, group_mult=1, output_dir="o")
 
 
 def test_checkpointing_and_packing_change_speed_not_math(zoo):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    config = {"stage": "finetune", "template": "vicuna_v1", "output_dir": "unused",
+    config = {"stage": "finetune", "template": "vicuna_v1",
               "model": {"vision_tower": str(zoo.clip), "llm": str(zoo.llm)},
               "data": {"data_path": str(zoo.data["llava_finetune"]), "image_folder": str(zoo.data["llava_image_folder"]),
-                       "max_length": 256},
+                       "max_length": 256, "num_workers": 0},
               "batch": {"global_batch_size": 2, "micro_batch_size": 2}, "precision": {"dtype": "fp32"}}
     try:
         results = {}
         for gc, batching in ((False, "grouped"), (True, "grouped"), (False, "grouped_packed")):
-            spec = {"config": {**config, "model": {**config["model"], "gradient_checkpointing": gc}},
-                    "batching": batching, "gradient_checkpointing": gc, "steps": 2, "group_mult": 4}
+            spec = {"config": config, "batching": batching, "gradient_checkpointing": gc, "steps": 2, "group_mult": 4}
             results[gc, batching] = run_variant(spec)
     finally:
         torch.set_num_threads(threads)
