@@ -55,7 +55,7 @@ def test_wheel_contains_every_module_and_data_file(built):
     _, wheel, _ = built
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = _source_files(DATA_SUFFIXES + (".py",))
-    assert {"enhance/configs/diva.yaml", "enhance/configs/deepspeed/zero3.json", "llava_plugin/templates.yaml",
+    assert {"enhance/configs/diva.yaml", "llava_plugin/train/deepspeed/zero3.json", "llava_plugin/templates.yaml",
             "mllm_train/configs/llava15-7b-finetune.yaml", "eval/tasks/tasks.yaml",
             "eval/tasks/gqa/utils.py"} <= expected
     assert sorted(expected - names) == []
