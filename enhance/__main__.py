@@ -24,8 +24,8 @@ from llava_plugin.config import ConfigError, deep_merge, parse_overrides
 def _common_flags(p: argparse.ArgumentParser) -> None:
     from llava_plugin.registry import SPEC_HELP
 
-    p.add_argument("--method", help="registered method name (sets method.name); "
-                   "known: diva, un2clip, genhancer, genhancer-discrete (see `presets`)")
+    p.add_argument("--method", help="registered method name (sets method.name); list them with "
+                   "`python -m enhance presets --methods`")
     p.add_argument("--vision-tower", help=f"tower spec to start from. Accepted forms:{SPEC_HELP}")
     p.add_argument("--generator", help="generator the method loads, frozen (SD-2.1 dir, unCLIP dir, VAE/VQ dir, "
                    "GenHancer stage-1 output dir)")

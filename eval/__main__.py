@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 from eval.benchmarks.base import BENCHMARKS
-from eval.benchmarks.common import DatasetLayoutError
-from llava_plugin.registry import TowerSpecError
+from llava_plugin.cli import add_launcher_flags, guarded, run_cli
 
 TOOLS = {  # command: (help, usage)
     "rescore": ("recompute metrics from predictions.jsonl and check metrics.json", "RESULTS_DIR"),
@@ -44,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=overview(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_launcher_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for benchmark in BENCHMARKS.values():
         if benchmark.command in TOOLS:
@@ -72,11 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except (DatasetLayoutError, TowerSpecError) as err:  # a wrong --data/--vision-tower is a usage error
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return guarded(lambda: _dispatch(args), debug=args.debug)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -119,4 +115,4 @@ def _rescore(results: Path, parser: str | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from llava_plugin.errors import GenfeedbackError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -28,7 +29,7 @@ _UNSUPPORTED_VISION_KEYS = ("attentional_pool", "attn_pool", "final_ln_after_poo
                             "pos_embed_type", "output_tokens")
 
 
-class ConversionError(ValueError):
+class ConversionError(GenfeedbackError, ValueError):
     pass
 
 

@@ -31,9 +31,10 @@ from llava_plugin.llava import (
     llava_config,
     llava_processor,
 )
+from llava_plugin.errors import GenfeedbackError
 
 
-class LlavaConversionError(ValueError):
+class LlavaConversionError(GenfeedbackError, ValueError):
     """A checkpoint that does not convert exactly; the message names the key or field."""
 
 

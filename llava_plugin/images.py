@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+from llava_plugin.errors import GenfeedbackError
 
 
 def processor_mean_color(image_processor) -> tuple[int, int, int]:
@@ -25,7 +26,7 @@ def pad_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image
     return canvas
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(GenfeedbackError, ValueError):
     """An image file that is empty, truncated or not an image; the message says which."""
 
 

@@ -18,11 +18,12 @@ import importlib
 import pkgutil
 from collections.abc import Iterator
 from typing import Generic, TypeVar
+from llava_plugin.errors import GenfeedbackError
 
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(GenfeedbackError, KeyError):
     """A name no entry of the registry has; the message lists the known names. A KeyError, so
     callers that look names up in a dict-like way keep working; `str()` is the plain message."""
 

@@ -86,7 +86,7 @@ class TrainConfig(RunConfig):
 
     stage: Literal["pretrain", "finetune"] = _help(
         "pretrain: projector only (plain template); finetune: LLM + projector, tower frozen (vicuna_v1).", "pretrain")
-    template: str = _help("Chat template (mllm_train/templates.yaml); pretrain: plain, finetune: vicuna_v1.", "plain")
+    template: str = _help("Chat template (llava_plugin/templates.yaml); pretrain: plain, finetune: vicuna_v1.", "plain")
     model: ModelConfig = _help("The model.", factory=ModelConfig)
     data: DataConfig = _help("The data.", factory=DataConfig)
     lora: LoraConfig = _help("LoRA (finetune only).", factory=LoraConfig)

@@ -13,7 +13,7 @@ Usage: bash scripts/eval.sh --output DIR [--vision-tower SPEC] [--model DIR] [da
   --vision-tower SPEC   tower for the encoder benchmarks (mmvp-vlm, zeroshot)
   --model DIR           LLaVA checkpoint (HF Llava dir or original LLaVA-1.5 dir) for mmvp,
                         cv-bench, vqa
-  --benchmarks LIST     comma-separated subset of mmvp-vlm,zeroshot,mmvp,cv-bench,vqa
+  --benchmarks LIST     comma-separated registered benchmarks (python -m eval benchmarks --names)
                         (default: every benchmark whose data and model/tower are given)
   --preset P            toy: take every data path below from --zoo                  (default: none)
   --zoo DIR             tiny-zoo directory (with --preset toy)
@@ -21,7 +21,7 @@ Usage: bash scripts/eval.sh --output DIR [--vision-tower SPEC] [--model DIR] [da
   --zeroshot-data DIR   class-per-folder dataset (<class>/<image>)
   --mmvp-data DIR       MMVP root (Questions.csv + "MMVP Images/")
   --cv-bench-data DIR   CV-Bench root (test_2d.parquet, test_3d.parquet, or jsonl + img/)
-  --vqa-data-root DIR   root of local lmms-eval dataset copies (see eval/lmms.py)
+  --vqa-data-root DIR   root of local lmms-eval dataset copies (see eval/lmms/tasks.py)
   --vqa-tasks LIST      lmms-eval tasks, e.g. gqa,pope,scienceqa_img,textvqa_val,mme
   --batch-size N        batch size for every benchmark (default: each benchmark's own)
   --device D            cpu | cuda (default cpu)

@@ -136,15 +136,15 @@ class GenerationBenchmark(Benchmark):
     def answer(args: argparse.Namespace, images: list, prompts: list[str],
                desc: str) -> tuple[list[str], list[str | None]]:
         """(chat prompts, greedy answers) of the checkpoint `--model`: each benchmark prompt becomes
-        one user turn with its image in chat format (`eval.mllm.format_prompt`), the text the
-        model sees and predictions.jsonl records."""
+        one user turn with its image, rendered by the checkpoint's own chat template
+        (`eval.mllm.format_prompt`): the text the model sees and predictions.jsonl records."""
         import torch
 
         from eval import mllm
 
-        chat = [mllm.format_prompt(prompt) for prompt in prompts]
         model, processor = mllm.load_mllm(args.model, device=args.device, dtype=getattr(torch, args.dtype),
                                           vision_tower=args.vision_tower)
+        chat = [mllm.format_prompt(prompt, processor=processor) for prompt in prompts]
         return chat, mllm.generate(model, processor, images, chat, batch_size=args.batch_size,
                                    max_new_tokens=args.max_new_tokens, desc=desc)
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from PIL import Image
 
 from llava_plugin.images import ImageDecodeError, decode_rgb
+from llava_plugin.errors import GenfeedbackError
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(GenfeedbackError, FileNotFoundError):
     """The data directory is not in the benchmark's published layout."""
 
     def __init__(self, benchmark: str, expected: str, path: Path | str, hint: str = ""):

@@ -173,7 +173,7 @@ class GenfeedbackLlava(lmms):
                     self.model,
                     self.processor,
                     self._images([requests[i] for i in chunk], 2),
-                    [format_prompt(requests[i].args[0]) for i in chunk],
+                    [format_prompt(requests[i].args[0], processor=self.processor) for i in chunk],
                     batch_size=self.batch_size,
                     max_new_tokens=max_new_tokens,
                     desc=f"{task} generate",
@@ -272,7 +272,7 @@ def score_continuations(
     results = []
     for start in tqdm(range(0, len(contexts), batch_size), desc="loglikelihood", unit="batch"):
         batch = range(start, min(start + batch_size, len(contexts)))
-        prompts = [format_prompt(contexts[i]) for i in batch]
+        prompts = [format_prompt(contexts[i], processor=processor) for i in batch]
         texts = [prompt + continuations[i] for prompt, i in zip(prompts, batch)]
         lengths = [continuation_length(tokenizer, prompt, text) for prompt, text in zip(prompts, texts)]
         inputs = processor(

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 
 from llava_plugin.registry_util import Registry
 from llava_plugin.towers import VisionTower
+from llava_plugin.errors import GenfeedbackError
 
 # Forms every family accepts, resolved by the registry itself (family detected from the files).
 GENERIC_FORMS = (
@@ -69,7 +70,7 @@ def spec_help() -> str:
     return "".join("\n" + line for line in lines)
 
 
-class TowerSpecError(ValueError):
+class TowerSpecError(GenfeedbackError, ValueError):
     """A --vision-tower spec that cannot be resolved; the message lists the accepted forms."""
 
     def __init__(self, spec: str, problem: str):
