@@ -16,6 +16,8 @@ checkpoint (convert_llava.py builds on this module; this module never imports it
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -199,16 +201,22 @@ def greedy_generation_config(generation_config_cls, tokenizer):
 
 def save_llava(model, processor, out_dir: str | Path, metadata: dict | None = None) -> Path:
     """Write the HF Llava directory (weights, config, generation config, processor with the chat
-    template) and genfeedback.json (how it was built: tower, LLM, stage, ...)."""
+    template) and genfeedback.json (how it was built: tower, LLM, stage, ...). Atomic: written
+    under `.incomplete-<name>` beside it and renamed when complete, so a kill mid-write never
+    leaves a directory that loads."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    tmp = out.parent / f".incomplete-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
     meta = {"format": "hf_llava", "image_token": IMAGE_TOKEN,
             "vision_feature_layer": model.config.vision_feature_layer,
             "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
             **(metadata or {})}
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     return out
 
 
@@ -227,7 +235,9 @@ def write_mm_projector(model, path: str | Path) -> Path:
     """Write `mm_projector.bin` as LLaVA pretraining does, loadable by `--pretrain_mm_mlp_adapter`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(projector_state_original(model), path)
+    tmp = path.with_name(f".incomplete-{path.name}")
+    torch.save(projector_state_original(model), tmp)
+    os.replace(tmp, path)
     return path
 
 

@@ -155,7 +155,7 @@ eval_runs=()
 for entry in "${towers[@]}"; do
   name="${entry%%=*}" spec="${entry#*=}"
   llava="$output/llava/$name"
-  if [[ -f "$llava/finetune/llava/config.json" ]]; then
+  if [[ -f "$llava/finetune/llava/genfeedback.json" ]]; then  # genfeedback.json is written last, and the export is renamed into place when complete
     log "llava/$name exists, reusing it"
   else
     bash "$HERE/train_llava.sh" --vision-tower "$spec" --llm "$llm" --output "$llava" \

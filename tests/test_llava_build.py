@@ -122,6 +122,22 @@ def test_save_and_reload_generate_identically(zoo, tmp_path):
         load_llava(out, vision_tower=str(zoo.clip))
 
 
+def test_save_is_atomic_and_replaces_an_earlier_export(zoo, tmp_path):
+    """A kill mid-save leaves only `.incomplete-<name>` (never a loadable half-export); the next save
+    clears it and replaces the old directory whole."""
+    model, processor = build_llava(load_tower(str(zoo.clip)), zoo.llm, seed=0)
+    out = tmp_path / "llava"
+    (tmp_path / ".incomplete-llava").mkdir()
+    (tmp_path / ".incomplete-llava" / "config.json").write_text("")  # what a killed save left
+    out.mkdir()
+    (out / "stale.bin").write_text("from an earlier export")
+    save_llava(model, processor, out, metadata={"stage": "test"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llava"]
+    assert not (out / "stale.bin").exists() and json.loads((out / "genfeedback.json").read_text())["stage"] == "test"
+    write_mm_projector(model, tmp_path / "mm_projector.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llava", "mm_projector.bin"]
+
+
 def test_chat_template_renders_llava_v1_5_prompt(zoo):
     from transformers import AutoProcessor
 
