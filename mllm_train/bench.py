@@ -109,6 +109,17 @@ def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _own_process_group() -> None:
+    """In a variant's worker: forget any rendezvous this process inherited (a launcher's, or the
+    1-process group an earlier in-process run set up), so the trainer makes a 1-process group."""
+    import os
+
+    from llava_plugin.distributed import RENDEZVOUS_ENV
+
+    for key in RENDEZVOUS_ENV:
+        os.environ.pop(key, None)
+
+
 def bench(config: dict, steps: int, group_mult: int) -> list[dict]:
     """Every variant, each in a fresh process, in VARIANTS order."""
     context = multiprocessing.get_context("spawn")
@@ -116,7 +127,7 @@ def bench(config: dict, steps: int, group_mult: int) -> list[dict]:
     for gc, batching in VARIANTS:
         spec = {"config": config, "batching": batching, "gradient_checkpointing": gc, "steps": steps,
                 "group_mult": group_mult}
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_own_process_group) as pool:
             results.append(pool.submit(run_variant, spec).result())
     return results
 
