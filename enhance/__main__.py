@@ -113,7 +113,7 @@ def run_from_args(args) -> list:
 
 def config_from_args(args):
     """The config of a one-stage preset (diagnose, bench and stage-by-stage use)."""
-    from enhance.config import STAGES_KEY, load_config, load_yaml_preset, PRESET_DIR
+    from enhance.config import PRESET_DIR, STAGES_KEY, load_config, load_yaml_preset
 
     preset, overrides = _preset_and_overrides(args)
     stages = load_yaml_preset(PRESET_DIR, preset).get(STAGES_KEY)

@@ -143,8 +143,8 @@ def format_table(rows: list[dict], memory_kind: str) -> str:
 
 
 def main(args) -> int:
-    from llava_plugin import distributed
     from enhance.config import ConfigError, presets
+    from llava_plugin import distributed
     from llava_plugin.config import deep_merge, parse_overrides
 
     overrides = parse_overrides(args.set)

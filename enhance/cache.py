@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from llava_plugin.errors import GenfeedbackError
-from llava_plugin import distributed
 from enhance.data import BadImage, ImageSource
+from llava_plugin import distributed
+from llava_plugin.errors import GenfeedbackError
 
 MANIFEST = "manifest.json"
 VALID_KEY = "valid"

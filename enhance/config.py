@@ -24,7 +24,8 @@ from llava_plugin.config import (
     to_dict,
 )
 from llava_plugin.config import documented as _help
-from llava_plugin.train.config import RunConfig, positive as _positive
+from llava_plugin.train.config import RunConfig
+from llava_plugin.train.config import positive as _positive
 
 PRESET_DIR = Path(str(resources.files("enhance") / "configs"))
 

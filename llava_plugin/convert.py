@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
 from llava_plugin.errors import GenfeedbackError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from llava_plugin.errors import GenfeedbackError
 from llava_plugin.llava import (
     IMAGE_TOKEN,
     MM_PROJECTOR_KEYS,
@@ -31,7 +32,6 @@ from llava_plugin.llava import (
     llava_config,
     llava_processor,
 )
-from llava_plugin.errors import GenfeedbackError
 
 
 class LlavaConversionError(GenfeedbackError, ValueError):

@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
+
 from llava_plugin.errors import GenfeedbackError
 
 

@@ -18,6 +18,7 @@ import importlib
 import pkgutil
 from collections.abc import Iterator
 from typing import Generic, TypeVar
+
 from llava_plugin.errors import GenfeedbackError
 
 T = TypeVar("T")

@@ -123,9 +123,9 @@ def help_lines() -> list[str]:
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "LlavaOptimConfig",
     "LoraConfig",
     "ModelConfig",
-    "LlavaOptimConfig",
     "TrainConfig",
     "help_lines",
     "load_config",

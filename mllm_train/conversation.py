@@ -48,7 +48,7 @@ class ChatTemplate(ChatFormat):
     """A chat format of llava_plugin/templates.yaml (fields and checks: `ChatFormat`), rendered
     for training."""
 
-    def render(self, turns: list[Turn], sample_id=None, add_generation_prompt: bool = False) -> "Rendered":
+    def render(self, turns: list[Turn], sample_id=None, add_generation_prompt: bool = False) -> Rendered:
         """The conversation as text, plus the character spans to supervise (the answers).
 
         With `add_generation_prompt` the conversation must end with a human turn, and the text

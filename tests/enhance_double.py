@@ -77,8 +77,8 @@ if TinyReconstruction.name not in METHODS:
 
 
 if __name__ == "__main__":
-    from llava_plugin import distributed
     from enhance.__main__ import main
+    from llava_plugin import distributed
 
     code = main(sys.argv[1:])
     distributed.shutdown()

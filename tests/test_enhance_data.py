@@ -5,8 +5,6 @@ import json
 import pytest
 from PIL import Image
 
-from llava_plugin.train.plan import StreamOrder
-
 from enhance.data import (
     BadImageTracker,
     DataError,
@@ -15,6 +13,7 @@ from enhance.data import (
     expand_braces,
     open_source,
 )
+from llava_plugin.train.plan import StreamOrder
 
 
 @pytest.fixture(scope="module")

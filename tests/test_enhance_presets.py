@@ -115,8 +115,14 @@ def test_every_published_pair_has_its_presets(tmp_path):
 def _write_stand_in(out, model_type, image_size, patch_size):
     """A tiny HF model of `model_type` at the real resolution and patch size, with its image processor."""
     import torch
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipImageProcessor,
-                              SiglipModel)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
 
     torch.manual_seed(0)
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -3,7 +3,15 @@ tokenizer (seed 0). `IMG` marks the image position."""
 import pytest
 
 from mllm_train.conversation import (
-    GPT, HUMAN, IGNORE_INDEX, IMAGE_TOKEN_INDEX, BadSample, ChatTemplate, Turn, get_template, load_templates,
+    GPT,
+    HUMAN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    BadSample,
+    ChatTemplate,
+    Turn,
+    get_template,
+    load_templates,
     tokenize_conversation,
 )
 

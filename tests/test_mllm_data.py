@@ -7,9 +7,20 @@ import pytest
 import torch
 from PIL import Image
 
-from mllm_train.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX, BadSample, get_template, tokenize_conversation
+from mllm_train.conversation import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    BadSample,
+    get_template,
+    tokenize_conversation,
+)
 from mllm_train.data import (
-    Collator, DataConfig, LlavaDataset, ModalityLengthGroupedBatchSampler, default_pad_token_id, parse_record,
+    Collator,
+    DataConfig,
+    LlavaDataset,
+    ModalityLengthGroupedBatchSampler,
+    default_pad_token_id,
+    parse_record,
     preprocess_image,
 )
 

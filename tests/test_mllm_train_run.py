@@ -13,8 +13,8 @@ os.environ.setdefault("GENFEEDBACK_SKIP_SHM_OP", "1")  # skip DeepSpeed's ~80 s 
 
 from llava_plugin.llava import build_llava, read_mm_projector
 from llava_plugin.registry import load_tower
-from mllm_train.config import load_config
 from llava_plugin.train.checkpoint import METRICS_FILE
+from mllm_train.config import load_config
 from mllm_train.trainer import LlavaTrainer
 
 PROJECTOR = "model.multi_modal_projector."

@@ -102,8 +102,11 @@ def test_open_clip_conversion_matches_open_clip(zoo, images, spec_form):
 
 
 def test_open_clip_state_dict_round_trip(zoo):
-    from llava_plugin.convert import (hf_state_dict_to_open_clip, open_clip_config_to_hf,
-                                      open_clip_state_dict_to_hf)
+    from llava_plugin.convert import (
+        hf_state_dict_to_open_clip,
+        open_clip_config_to_hf,
+        open_clip_state_dict_to_hf,
+    )
     from llava_plugin.toy.vision import tiny_open_clip_config
 
     src = torch.load(zoo.open_clip_checkpoint, weights_only=True)
@@ -127,8 +130,7 @@ def test_open_clip_conversion_rejects_leftover_keys(zoo):
 
 @pytest.mark.parametrize("family", ["hf_clip", "hf_siglip", "open_clip"])
 def test_saved_tower_loads_with_plain_hf_classes(zoo, images, tmp_path, family):
-    from transformers import (AutoImageProcessor, CLIPModel, CLIPVisionModel, SiglipModel,
-                              SiglipVisionModel)
+    from transformers import AutoImageProcessor, CLIPModel, CLIPVisionModel, SiglipModel, SiglipVisionModel
 
     tower = load_tower(family_specs(zoo)[family][0])
     with torch.no_grad():  # change the vision weights so "saved what we trained" is checked

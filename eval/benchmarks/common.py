@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from llava_plugin.images import ImageDecodeError, decode_rgb
 from llava_plugin.errors import GenfeedbackError
+from llava_plugin.images import ImageDecodeError, decode_rgb
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from llava_plugin.errors import GenfeedbackError
 from llava_plugin.registry_util import Registry
 from llava_plugin.towers import VisionTower
-from llava_plugin.errors import GenfeedbackError
 
 # Forms every family accepts, resolved by the registry itself (family detected from the files).
 GENERIC_FORMS = (
