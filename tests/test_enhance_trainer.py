@@ -205,6 +205,12 @@ def test_resume_refuses_another_runs_checkpoint_and_drops_unsaved_rows(loop_zoo,
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
     with pytest.raises(ConfigError, match=r"another run \(batch.global_batch_size: 8 -> 16\)"):
         EnhanceTrainer(tiny_cfg(loop_zoo, out, batch={"global_batch_size": 16})).setup()
+    forced = EnhanceTrainer(tiny_cfg(loop_zoo, out, schedule={"max_steps": 6},
+                                     checkpointing={"every_steps": 2, "keep_last": 1, "force_resume": True}))
+    with pytest.raises(ConfigError, match=r"max_steps: 4 -> 6.*checkpointing.force_resume=true"):
+        EnhanceTrainer(tiny_cfg(loop_zoo, out, schedule={"max_steps": 6})).setup()
+    assert forced.setup().step == 2 and forced.max_steps == 6  # a deliberate change, resumed on request
+    del forced
     resumed = EnhanceTrainer(tiny_cfg(loop_zoo, out)).setup()
     assert resumed.step == 2 and [r["step"] for r in read_metrics(out)] == [1, 2]
     state_file = out / "checkpoints" / "step-00000002" / "trainer_state.json"

@@ -179,6 +179,9 @@ class Checkpointer:
         if differences and not force:
             hint = on_mismatch(path) if on_mismatch else "use a new --output"
             raise ConfigError(f"checkpoint {path} belongs to another run ({'; '.join(differences)}): {hint}")
+        if differences:
+            logger.warning("resuming %s although its run differs (%s): checkpointing.force_resume=true", path,
+                           "; ".join(differences))
         _, client = engine.load_checkpoint(str(path), tag=ENGINE_TAG, load_optimizer_states=True,
                                            load_lr_scheduler_states=True,
                                            load_module_strict=not self.exclude_frozen)

@@ -121,6 +121,8 @@ class CheckpointConfig:
     keep_last: int = _help("Checkpoints kept (older ones are deleted after a new one is complete).", 2)
     resume: str = _help("'auto' (the newest complete checkpoint in OUTPUT/checkpoints, if any), 'none', or a "
                         "checkpoint dir.", "auto")
+    force_resume: bool = _help("Resume even from a checkpoint whose run identity differs from this run's (the "
+                               "differences are logged); for deliberate changes such as a longer schedule.", False)
 
     def validate(self) -> None:
         if self.every_steps < 0:

@@ -59,7 +59,6 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.engine = None
-        self.force_resume = False
 
     # ------------------------------------------------------------------ hooks
     def build(self) -> torch.nn.Module:
@@ -159,9 +158,9 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         state = self.checkpointer.load(
-            self.engine, path, self._full_identity(), force=self.force_resume,
+            self.engine, path, self._full_identity(), force=self.cfg.checkpointing.force_resume,
             on_mismatch=lambda p: "use a new --output, --set checkpointing.resume=none to start over, or "
-                                  "--force-resume to resume anyway")
+                                  "--set checkpointing.force_resume=true to resume anyway")
         self.step = int(state["step"])
         self.load_trainer_state(state.get("stage", {}))
         if distributed.is_main():
