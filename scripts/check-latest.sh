@@ -49,8 +49,9 @@ EOF
 echo
 echo "check-latest: the fast tests against the newest releases"
 [[ $# -gt 0 ]] || set -- -m "not slow"
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled \
-  "$py" -m pytest -p no:cacheprovider -q "$@"
+# PYTHON: the shell entry points under test run this venv's python (they take .venv's when there is one).
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled PYTHON="$py" \
+  PATH="$work/venv/bin:$PATH" "$py" -m pytest -p no:cacheprovider -q "$@"
 status=$?
 if [[ $status -eq 0 ]]; then
   echo "check-latest: the newest releases pass; refresh the lock with: bash scripts/lock.sh --upgrade"
