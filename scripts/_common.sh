@@ -2,8 +2,11 @@
 # helpers for flag parsing. Sourced, never run.
 
 GF_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# Use the project's venv when there is one (scripts/setup.sh creates it); else whatever python is active.
-if [[ -x "$GF_ROOT/.venv/bin/python" ]]; then
+# The python to run: GF_PYTHON if set (scripts/check-latest.sh points it at its throwaway venv), else the
+# project's venv when there is one (scripts/setup.sh creates it), else whatever python is active.
+if [[ -n "${GF_PYTHON:-}" ]]; then
+  GF_PY="$GF_PYTHON"
+elif [[ -x "$GF_ROOT/.venv/bin/python" ]]; then
   GF_PY="$GF_ROOT/.venv/bin/python"
 else
   GF_PY="${PYTHON:-python3}"

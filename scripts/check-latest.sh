@@ -49,8 +49,8 @@ EOF
 echo
 echo "check-latest: the fast tests against the newest releases"
 [[ $# -gt 0 ]] || set -- -m "not slow"
-# PYTHON: the shell entry points under test run this venv's python (they take .venv's when there is one).
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled PYTHON="$py" \
+# GF_PYTHON: the shell entry points under test run this venv's python, not the checkout's .venv.
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled GF_PYTHON="$py" \
   PATH="$work/venv/bin:$PATH" "$py" -m pytest -p no:cacheprovider -q "$@"
 status=$?
 if [[ $status -eq 0 ]]; then
