@@ -60,6 +60,7 @@ class EnhanceTrainer(Trainer):
     reseeding, bad-image accounting, the latent cache, the start-of-run diagnostic, the tower export."""
 
     name = "enhance"
+    keep_fp32_untrained = True  # the exported tower is fp32, its untouched weights bit-exact
 
     def __init__(self, cfg: EnhanceConfig):
         cfg.require_run_fields()

@@ -52,6 +52,10 @@ class Trainer:
     exclude_frozen_from_checkpoints = False
     #: write a checkpoint after the last step, so a kill during export resumes straight to the export
     checkpoint_at_end = True
+    #: keep rank-0 fp32 copies of the parameters that do not train, taken before DeepSpeed casts them,
+    #: for an export that must keep their exact values (a tower's base weights under LoRA); off for
+    #: stages whose export is in the training precision (at 7B the copies would be ~28 GB of RAM)
+    keep_fp32_untrained = False
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -122,7 +126,7 @@ class Trainer:
         module = self.build()
         self.steps_per_epoch = self.num_steps_per_epoch()
         self.max_steps = cfg.schedule.max_steps or math.ceil(cfg.schedule.epochs * self.steps_per_epoch)
-        self.fp32_untrained = ds.untrained_fp32_snapshot(module)
+        self.fp32_untrained = ds.untrained_fp32_snapshot(module) if self.keep_fp32_untrained else {}
         optimizer = cfg.optim.build(self.param_groups(module))
         warmup = warmup_steps(max_steps=self.max_steps, steps=cfg.schedule.warmup_steps,
                               ratio=cfg.schedule.warmup_ratio)
