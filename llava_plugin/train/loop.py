@@ -17,7 +17,7 @@ A stage overrides:
     step_row(sums, seconds)    -> the metrics row of a step (the base adds step, lr, grad norms)
     run_identity()             -> what a checkpoint must share with the run resuming it
     export()                   -> write the stage's artefact (collective)
-and may extend setup_hook(), trainer_state()/load_trainer_state(), after_step(row).
+and may extend setup_hook(), start_hook(), trainer_state()/load_trainer_state().
 """
 from __future__ import annotations
 
@@ -96,9 +96,6 @@ class Trainer:
         return {}
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def after_step(self, row: dict[str, Any]) -> None:
         pass
 
     def export(self) -> Any:
@@ -214,7 +211,6 @@ class Trainer:
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss",) if k in row})
             if distributed.is_main() and (self.step % cfg.logging.every_steps == 0 or self.step == end):
                 append_metrics(self.metrics_file, row)
-            self.after_step(row)
             if every and self.step % every == 0 and self.step < self.max_steps:
                 self.save_checkpoint()
             sums, micro = {}, 0
