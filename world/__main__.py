@@ -1,0 +1,111 @@
+"""The shapes world: a CPU-sized domain where every stage of the toolkit means something.
+
+    python -m world build --root WORLD [--seed K] [--preset world]   the world's data and seed-K models
+    python -m world probe --vision-tower DIR --output FILE.json      probes, pair cosine, zero-shot
+    python -m world study --out DIR [--seeds N] [--preset study]     every method and control, then the report
+    python -m world report --out DIR                                  (re)write DIR/report from finished runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from llava_plugin.cli import add_launcher_flags, guarded, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m world", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_launcher_flags(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build", help="train the world's models and write its data (reuses finished parts)")
+    p.add_argument("--root", required=True, type=Path, help="world directory (data/ and seed-K/)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the models (CLIP, VAE, generators, LM)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the shared data and benchmarks")
+    p.add_argument("--preset", default="world", help="world spec preset (world/configs): world | world-smoke")
+    p.add_argument("--jobs", type=int, default=2, help="parts trained in parallel (one CPU thread each)")
+    p = sub.add_parser("probe", help="linear probes, pair cosine and zero-shot of a tower on world scenes")
+    p.add_argument("--vision-tower", required=True, help="a CLIPModel dir (the world CLIP or an enhance export)")
+    p.add_argument("--output", required=True, type=Path, help="JSON file to write")
+    p = sub.add_parser("sensitivity", help="per attribute: how much a world generator's loss rises when its "
+                                           "condition has that attribute wrong")
+    p.add_argument("--zoo", required=True, type=Path, help="a world seed directory (WORLD/seed-K)")
+    p.add_argument("--output", required=True, type=Path, help="JSON file to write")
+    p = sub.add_parser("study", help="build the world, run every method and control over seeds, write the report")
+    p.add_argument("--out", required=True, type=Path, help="study directory")
+    p.add_argument("--preset", default="study", help="study recipe (world/configs): study | study-smoke")
+    p.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 (default: the recipe's)")
+    p.add_argument("--jobs", type=int, default=2, help="jobs run in parallel (one CPU thread each)")
+    p = sub.add_parser("report", help="write OUT/report/world.md and plots from a study's finished runs")
+    p.add_argument("--out", required=True, type=Path, help="study directory")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return guarded(lambda: _run(args), debug=args.debug)
+
+
+def _run(args) -> int:
+    if args.command == "build":
+        from world.build import build_world, load_spec
+
+        start = time.perf_counter()
+        world = build_world(args.root, seed=args.seed, spec=load_spec(args.preset), jobs=args.jobs,
+                            data_seed=args.data_seed)
+        print(f"world seed {args.seed} ready in {time.perf_counter() - start:.0f}s: --zoo {world.zoo}")
+        return 0
+    if args.command == "probe":
+        from world.probe import tower_report
+
+        result = tower_report(args.vision_tower)
+        _write_json(args.output, result)
+        print(json.dumps({k: result[k] for k in ("probe", "zero_shot")}))
+        return 0
+    if args.command == "sensitivity":
+        from world.sensitivity import generator_sensitivity
+
+        zoo = json.loads((args.zoo / "zoo.json").read_text())
+        result = generator_sensitivity(Path(zoo["sd21"]), Path(zoo["unclip"]), Path(zoo["clip"]))
+        _write_json(args.output, result)
+        print(json.dumps(result))
+        return 0
+    if args.command == "study":
+        from world.report import write_report
+        from world.study import load_study, run_study
+
+        overrides = {"seeds": list(range(args.seeds))} if args.seeds else {}
+        cfg = load_study(args.preset, overrides)
+        start = time.perf_counter()
+        status = run_study(cfg, args.out, parallel=args.jobs)
+        failed = sorted(k for k, v in status.items() if v == "failed")
+        report = write_report(args.out)
+        print(f"world study: {len(status)} jobs in {time.perf_counter() - start:.0f}s; report: {report}")
+        if failed:
+            print(f"world study: {len(failed)} job(s) failed: {', '.join(failed)} (logs in {args.out / 'logs'})",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "report":
+        from world.report import write_report
+
+        print(write_report(args.out))
+        return 0
+    raise AssertionError(args.command)
+
+
+def _write_json(path: Path, obj) -> None:
+    """Atomically: a job's output file is also its `done` marker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".incomplete-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.rename(path)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

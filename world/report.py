@@ -1,0 +1,291 @@
+"""The world report: what each method changed in the tower, against its matched control, over seeds.
+
+Reads a study directory (see world/study.py) and writes `report/world.md`, `report/world.json` and
+plots. Every number is a mean over seeds with its standard error; every claimed change is a
+paired difference (same seed, same batches and steps) with its SE. A difference counts as an
+effect only when it is above 2 SE with at least 3 seeds; with fewer seeds the report says so.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from world import scenes
+
+# world MMVP-VLM category (its Type column) -> the world attribute it tests
+MMVP_VLM_CATEGORIES = {
+    "Orientation and Direction": "orientation",
+    "Quantity and Count": "count",
+    "Positional and Relational Context": "position",
+    "Color and Appearance": "colour",
+    "Structural Characteristics": "shape",
+}
+MIN_SEEDS_FOR_VERDICT = 3
+UNUSED_BELOW = 0.01  # relative loss increase under which a generator is said to ignore an attribute
+
+
+def mean_se(values: list[float]) -> tuple[float, float, int]:
+    """Mean, standard error of the mean (sample SD / sqrt n; nan for n < 2), n."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan, n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n), n
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Mean ± SE of a - b over the seeds both have (a paired difference)."""
+    return mean_se([a[s] - b[s] for s in sorted(set(a) & set(b))])
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------- collecting
+def collect(out: Path) -> dict:
+    """{metric: {tower: {seed: value}}} for every reading the study's finished jobs left on disk."""
+    study = _read(out / "study.json") or {}
+    seeds = study.get("seeds", [])
+    table: dict[str, dict[str, dict[int, float]]] = {}
+
+    def put(metric: str, tower: str, seed: int, value) -> None:
+        if value is not None:
+            table.setdefault(metric, {}).setdefault(tower, {})[seed] = float(value)
+
+    for seed in seeds:
+        root = out / f"seed-{seed}"
+        for probe in sorted((root / "probe").glob("*.json")):
+            data = _read(probe)
+            if not data:
+                continue
+            tower = probe.stem
+            for attribute, value in data["probe"].items():
+                put(f"probe/{attribute}", tower, seed, 100 * value)
+            for attribute, value in data["pair_cosine"].items():
+                put(f"pair_cosine/{attribute}", tower, seed, value)
+            put("zero_shot/colour_shape", tower, seed, 100 * data["zero_shot"]["colour_shape"])
+        for metrics in sorted((root / "mmvp_vlm").glob("*/metrics.json")):
+            data = _read(metrics)
+            if not data:
+                continue
+            for category, value in (data.get("categories") or {}).items():
+                if category in MMVP_VLM_CATEGORIES:
+                    put(f"mmvp_vlm/{MMVP_VLM_CATEGORIES[category]}", metrics.parent.name, seed, value)
+        for metrics in sorted((root / "llava").glob("*/eval/*/metrics.json")):
+            data = _read(metrics)
+            if not data:
+                continue
+            tower, bench = metrics.parent.parent.parent.name, metrics.parent.name
+            for key, value in (data.get("headline") or {}).items():
+                put(f"{bench}/{key}", tower, seed, value)
+            for key, value in (data.get("categories") or data.get("by_category") or {}).items():
+                if isinstance(value, (int, float)):
+                    put(f"{bench}/{key}", tower, seed, value)
+        sens = _read(out / "world" / f"seed-{seed}" / "sensitivity.json")
+        for generator, values in (sens or {}).items():
+            if generator == "settings":
+                continue
+            for attribute, value in values.items():
+                put(f"sensitivity/{attribute}", generator, seed, 100 * value)
+    return {"seeds": seeds, "study": study, "table": table}
+
+
+# ---------------------------------------------------------------- formatting
+def _fmt(m: float, se: float, n: int, digits: int = 1) -> str:
+    if n == 0 or math.isnan(m):
+        return "-"
+    return f"{m:.{digits}f}" if math.isnan(se) else f"{m:.{digits}f} ± {se:.{digits}f}"
+
+
+def _verdict(m: float, se: float, n: int) -> str:
+    if n == 0 or math.isnan(m):
+        return ""
+    if n < MIN_SEEDS_FOR_VERDICT or math.isnan(se):
+        return f"(n={n}: no verdict)"
+    if abs(m) > 2 * se:
+        return "**effect**" if m > 0 else "**harm**"
+    return "within noise"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _methods(study: dict) -> list[str]:
+    return list((study.get("methods") or {}).keys())
+
+
+def _variants(study: dict) -> list[str]:
+    return list((study.get("variants") or {}).keys())
+
+
+def tower_section(data: dict) -> str:
+    table, study = data["table"], data["study"]
+    towers = ["base"] + [f"{m}-{v}" for m in _methods(study) for v in _variants(study)]
+    parts = []
+    for family, label, attributes in (
+        ("probe", "Linear probe accuracy (%) on the image embedding", scenes.ATTRIBUTES),
+        ("mmvp_vlm", "World MMVP-VLM pair accuracy (%), the official pair rule, by attribute", scenes.ATTRIBUTES),
+        ("pair_cosine", "Pair cosine (lower: the two images of a one-attribute pair are told apart more)",
+         scenes.ATTRIBUTES),
+    ):
+        rows = []
+        for tower in towers:
+            cells = [_fmt(*mean_se(list(table.get(f"{family}/{a}", {}).get(tower, {}).values())),
+                          digits=3 if family == "pair_cosine" else 1) for a in attributes]
+            if family == "probe":
+                cells.append(_fmt(*mean_se(list(table.get("zero_shot/colour_shape", {}).get(tower, {}).values()))))
+            if any(c != "-" for c in cells):
+                rows.append([tower, *cells])
+        header = ["tower", *attributes] + (["zero-shot colour+shape"] if family == "probe" else [])
+        parts.append(f"### {label}\n\nmean ± SE over seeds.\n\n" + _table(header, rows))
+    return "\n\n".join(parts)
+
+
+def effects_section(data: dict) -> tuple[str, dict]:
+    """Paired differences: feedback - control, shuffled - control, pure - base; per attribute."""
+    table, study = data["table"], data["study"]
+    comparisons = []
+    for method in _methods(study):
+        for variant, reference, why in (("feedback", "control", "the method vs its matched control"),
+                                        ("shuffled", "control", "shuffled condition vs the control"),
+                                        ("pure", "base", "feedback alone vs the base tower")):
+            if variant in _variants(study) and (reference == "base" or reference in _variants(study)):
+                ref = "base" if reference == "base" else f"{method}-{reference}"
+                comparisons.append((method, f"{method}-{variant}", ref, why))
+    rows, verdicts = [], {}
+    for method, tower, ref, why in comparisons:
+        for family in ("probe", "mmvp_vlm"):
+            for attribute in scenes.FINE + scenes.COARSE:
+                metric = table.get(f"{family}/{attribute}", {})
+                if tower not in metric or ref not in metric:
+                    continue
+                m, se, n = paired(metric[tower], metric[ref])
+                verdict = _verdict(m, se, n)
+                verdicts[f"{tower} - {ref}: {family}/{attribute}"] = {"diff": m, "se": se, "n": n, "verdict": verdict}
+                rows.append([f"{tower} − {ref}", family, attribute, _fmt(m, se, n), str(n), verdict])
+        zs = table.get("zero_shot/colour_shape", {})
+        if tower in zs and ref in zs:
+            m, se, n = paired(zs[tower], zs[ref])
+            verdicts[f"{tower} - {ref}: zero_shot"] = {"diff": m, "se": se, "n": n}
+            rows.append([f"{tower} − {ref}", "zero-shot", "colour+shape", _fmt(m, se, n), str(n),
+                         "retained (within 1 point)" if abs(m) <= 1 else "changed by more than 1 point"])
+    text = ("Paired over seeds (the same seed's world, batches and steps); an **effect** is a difference above "
+            f"2 SE with at least {MIN_SEEDS_FOR_VERDICT} seeds.\n\n"
+            + _table(["comparison", "reading", "attribute", "difference ± SE (points)", "seeds", "verdict"], rows))
+    return text, verdicts
+
+
+def sensitivity_section(data: dict) -> str:
+    table = data["table"]
+    generators = sorted({g for key, per in table.items() if key.startswith("sensitivity/") for g in per})
+    rows = []
+    for generator in generators:
+        cells = []
+        for attribute in scenes.ATTRIBUTES:
+            m, se, n = mean_se(list(table.get(f"sensitivity/{attribute}", {}).get(generator, {}).values()))
+            cell = _fmt(m, se, n)
+            if n and m < 100 * UNUSED_BELOW:
+                cell += " (unused)"
+            cells.append(cell)
+        rows.append([generator, *cells])
+    return ("Relative loss increase (%) when one attribute of the generator's condition is corrupted, at the same "
+            f"noise (world/sensitivity.py). Below {100 * UNUSED_BELOW:.0f}% the generator ignores the attribute, and "
+            "feedback from it cannot teach that attribute.\n\n" + _table(["generator", *scenes.ATTRIBUTES], rows))
+
+
+def downstream_section(data: dict) -> str:
+    table = data["table"]
+    metrics = sorted(k for k in table if k.split("/")[0] in ("mmvp", "cv-bench"))
+    towers = sorted({t for k in metrics for t in table[k]}, key=lambda t: (t != "base", t))
+    if not metrics:
+        return "No LLaVA results yet."
+    rows = []
+    for tower in towers:
+        cells = []
+        for metric in metrics:
+            values = table[metric]
+            if tower not in values:
+                cells.append("-")
+                continue
+            text = _fmt(*mean_se(list(values[tower].values())))
+            if tower != "base" and "base" in values:
+                m, se, n = paired(values[tower], values["base"])
+                text += f" (Δ {_fmt(m, se, n)})"
+            cells.append(text)
+        rows.append([tower, *cells])
+    return ("LLaVA (pretrain + finetune, the same recipe) on each tower; world MMVP and CV-Bench accuracy (%), mean ± SE "
+            "over seeds, and the paired difference to the base tower's LLaVA (Δ).\n\n" + _table(["tower", *metrics], rows))
+
+
+def plot(data: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table, study = data["table"], data["study"]
+    methods = _methods(study)
+    paths = []
+    for family, ylabel in (("probe", "linear probe accuracy (%)"), ("mmvp_vlm", "world MMVP-VLM pair accuracy (%)")):
+        fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(4.2 * max(1, len(methods)), 3.6), sharey=True,
+                                 squeeze=False)
+        for ax, method in zip(axes[0], methods or ["-"]):
+            towers = ["base", f"{method}-control", f"{method}-feedback", f"{method}-shuffled", f"{method}-pure"]
+            width = 0.8 / len(towers)
+            for k, tower in enumerate(towers):
+                ms, ses = [], []
+                for attribute in scenes.FINE:
+                    m, se, _ = mean_se(list(table.get(f"{family}/{attribute}", {}).get(tower, {}).values()))
+                    ms.append(m)
+                    ses.append(0 if math.isnan(se) else se)
+                if all(math.isnan(m) for m in ms):
+                    continue
+                xs = [i + (k - (len(towers) - 1) / 2) * width for i in range(len(scenes.FINE))]
+                ax.bar(xs, ms, width, yerr=ses, capsize=2, label=tower.replace(f"{method}-", ""))
+            ax.set_xticks(range(len(scenes.FINE)), scenes.FINE)
+            ax.set_title(method)
+            ax.legend(fontsize=7, loc="lower right")
+        axes[0][0].set_ylabel(ylabel)
+        fig.suptitle(f"{ylabel}: mean ± SE over {len(data['seeds'])} seed(s)", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"{family}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(out: Path) -> Path:
+    out = Path(out)
+    data = collect(out)
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    effects, verdicts = effects_section(data)
+    jobs = [json.loads(line) for line in (out / "jobs.jsonl").read_text().splitlines()] if (out / "jobs.jsonl").is_file() else []
+    seconds = sum(j["seconds"] for j in jobs if j["status"] == "done")
+    text = "\n\n".join([
+        "# The shapes world: does generative feedback make the tower see better?",
+        f"Seeds: {data['seeds']} (each seeds the world's CLIP and generators, the enhance runs and the LLaVA runs). "
+        f"Study recipe: `{out / 'study.json'}`. Job time (sum over jobs run in this directory): {seconds:.0f} s.",
+        "## What the generators use\n\n" + sensitivity_section(data),
+        "## The towers\n\n" + tower_section(data),
+        "## Effects\n\n" + effects,
+        "## Downstream: LLaVA on the world\n\n" + downstream_section(data),
+        "Plots: `probe.png`, `mmvp_vlm.png` (fine attributes; error bars are SE over seeds).",
+    ]) + "\n"
+    (report / "world.md").write_text(text)
+    (report / "world.json").write_text(json.dumps({"seeds": data["seeds"], "table": data["table"],
+                                                    "verdicts": verdicts}, indent=2, default=str))
+    plot(data, report)
+    return report / "world.md"

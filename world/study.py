@@ -1,0 +1,261 @@
+"""The world study: every method and its controls, over seeds, through the real commands.
+
+The recipe is data (world/configs/study*.yaml): which enhance presets each method runs, which
+controls, which towers go downstream into LLaVA, and the commands' settings. This module turns it
+into a graph of jobs, each one CLI call (`python -m world build`, `python -m enhance train`,
+`python -m world probe`, `python -m eval ...`, `python -m mllm_train ...`), and runs the graph
+`jobs` at a time, one CPU thread per job. Stages meet only through files, as everywhere in the
+toolkit. A job whose output already exists (its `done` file) is reused, so an interrupted study
+resumes where it stopped; a failed job names its log and skips what depends on it.
+
+Layout of a study directory:
+
+    OUT/world/                   the world (data + seed-K models), reused across studies
+    OUT/seed-K/towers/<name>/    enhance runs (vision_tower/ inside), `base` is the world CLIP
+    OUT/seed-K/probe/<name>.json tower readings (world/probe.py) and OUT/seed-K/mmvp_vlm/<name>/
+    OUT/seed-K/llava/<name>/     LLaVA pretrain + finetune on that tower, and its eval results
+    OUT/logs/<job>.log           each job's output
+    OUT/report/                  world.md, world.json and the plots (python -m world report)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from llava_plugin.config import ConfigError, deep_merge, from_dict, load_yaml_preset, to_dict
+from llava_plugin.config import documented as _help
+
+logger = logging.getLogger("world")
+PRESET_DIR = Path(str(resources.files("world") / "configs"))
+BASE = "base"  # the world CLIP itself, as a tower name
+
+
+@dataclass
+class MethodRecipe:
+    preset: str = _help("The enhance preset of the method's tower-training stage.", "")
+    stage1: str = _help("A stage run once per seed before every variant (GenHancer's stage 1); its output "
+                        "dir is each variant's --generator.", "")
+
+
+@dataclass
+class StudyConfig:
+    world: str = _help("World spec preset (world/configs) that `world build` trains.", "world")
+    seeds: list[int] = _help("Seeds; each seeds the world's models, the enhance runs and the LLaVA runs.",
+                             factory=lambda: [0])
+    methods: dict[str, MethodRecipe] = _help("Method name -> its presets.", factory=dict)
+    variants: dict[str, dict[str, Any]] = _help(
+        "Variant name -> enhance --set overrides applied to every method: `feedback` (the method as its "
+        "preset), `control` (the same run without the feedback term), `shuffled` (each image gets "
+        "another image's condition), `pure` (no regulariser) ...", factory=dict)
+    downstream: list[str] = _help("Towers trained into LLaVA: `base` and/or <method> (its `feedback` variant) or "
+                                  "<method>-<variant>.", factory=lambda: [BASE])
+    enhance: dict[str, Any] = _help("Extra --set values for every enhance run (e.g. a smoke run's step counts).",
+                                    factory=dict)
+    llava: dict[str, Any] = _help("LLaVA presets and extra --set values: pretrain, finetune, set.", factory=dict)
+    mmvp_vlm: dict[str, Any] = _help("Extra flags of `eval mmvp-vlm` for the world set.", factory=dict)
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise ConfigError("study.seeds is empty; e.g. --seeds 3")
+        for name in self.downstream:
+            if name != BASE and name.split("-")[0] not in self.methods:
+                raise ConfigError(f"study.downstream names {name!r}, which is neither 'base' nor a study method "
+                                  f"({sorted(self.methods)})")
+
+
+def load_study(preset: str = "study", overrides: dict | None = None) -> StudyConfig:
+    return from_dict(StudyConfig, deep_merge(load_yaml_preset(PRESET_DIR, preset), overrides or {}))
+
+
+# ---------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    done: Path  # exists when the job has finished (written last by the command itself)
+    deps: list[str] = field(default_factory=list)
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def _sets(overrides: dict[str, Any]) -> list[str]:
+    out = []
+    for key, value in overrides.items():
+        out += ["--set", f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}"]
+    return out
+
+
+def tower_names(cfg: StudyConfig) -> list[str]:
+    return [BASE] + [f"{m}-{v}" for m in cfg.methods for v in cfg.variants]
+
+
+def plan_builds(cfg: StudyConfig, out: Path, jobs_per_build: int = 2) -> list[Job]:
+    world = out / "world"
+    return [Job(f"build/seed-{seed}", _py("world", "build", "--root", str(world), "--seed", str(seed), "--preset",
+                                          cfg.world, "--jobs", str(jobs_per_build)), world / f"seed-{seed}" / "zoo.json")
+            for seed in cfg.seeds]
+
+
+def plan(cfg: StudyConfig, out: Path) -> list[Job]:
+    """Every job after the builds, in a dependency order (needs each seed's zoo.json)."""
+    world = out / "world"
+    jobs: list[Job] = []
+    for seed in cfg.seeds:
+        zoo = world / f"seed-{seed}"
+        root = out / f"seed-{seed}"
+        build = f"build/seed-{seed}"
+        jobs.append(Job(build, [], zoo / "zoo.json"))  # built by run_study's first phase
+        clip = world / f"seed-{seed}" / "models" / "clip"
+        towers = {BASE: (clip, build)}
+        common = ["--zoo", str(zoo), *_sets({"seed": seed, "data.seed": seed, **cfg.enhance})]
+        sensitivity = world / f"seed-{seed}" / "sensitivity.json"
+        jobs.append(Job(f"sensitivity/seed-{seed}", _py("world", "sensitivity", "--zoo", str(zoo), "--output",
+                                                        str(sensitivity)), sensitivity, [build]))
+        for method, recipe in cfg.methods.items():
+            generator: list[str] = []
+            deps = [build]
+            if recipe.stage1:
+                stage1_dir = root / "towers" / f"{method}-stage1"
+                name = f"enhance/seed-{seed}/{method}-stage1"
+                jobs.append(Job(name, _py("enhance", "train", "--preset", recipe.stage1, "--output", str(stage1_dir),
+                                          *common), stage1_dir / "generator" / "genhancer.json", [build]))
+                generator, deps = ["--generator", str(stage1_dir)], [build, name]
+            for variant, overrides in cfg.variants.items():
+                tower = f"{method}-{variant}"
+                run = root / "towers" / tower
+                name = f"enhance/seed-{seed}/{tower}"
+                jobs.append(Job(name, _py("enhance", "train", "--preset", recipe.preset, "--output", str(run), *common,
+                                          *generator, *_sets(overrides)), run / "vision_tower" / "genfeedback.json",
+                                deps))
+                towers[tower] = (run / "vision_tower", name)
+        for tower, (path, dep) in towers.items():
+            probe = root / "probe" / f"{tower}.json"
+            jobs.append(Job(f"probe/seed-{seed}/{tower}", _py("world", "probe", "--vision-tower", str(path),
+                                                              "--output", str(probe)), probe, [dep]))
+            result = root / "mmvp_vlm" / tower
+            flags = [str(x) for kv in cfg.mmvp_vlm.items() for x in (f"--{kv[0]}", kv[1])]
+            jobs.append(Job(f"mmvp_vlm/seed-{seed}/{tower}",
+                            _py("eval", "mmvp-vlm", "--vision-tower", str(path), "--data",
+                                str(world / "data" / "mmvp_vlm"), "--output", str(result), *flags),
+                            result / "metrics.json", [dep]))
+        for tower in cfg.downstream:
+            key = tower if tower == BASE or tower.count("-") else f"{tower}-feedback"
+            jobs += llava_jobs(cfg, key, towers[key], zoo, world, root, seed)
+    return jobs
+
+
+def llava_jobs(cfg: StudyConfig, tower: str, where: tuple[Path, str], zoo: Path, world: Path, root: Path,
+               seed: int) -> list[Job]:
+    """LLaVA pretrain + finetune on `tower`, then world MMVP and CV-Bench."""
+    path, dep = where
+    run = root / "llava" / tower
+    data = world / "data"
+    sets = _sets({"seed": seed, **cfg.llava.get("set", {})})
+    base = ["--vision-tower", str(path), "--llm", str(_zoo_field(zoo, "llm"))]
+    pre, fin = f"llava/seed-{seed}/{tower}/pretrain", f"llava/seed-{seed}/{tower}/finetune"
+    llava_dir = run / "finetune" / "llava"
+    jobs = [
+        Job(pre, _py("mllm_train", "pretrain", *base, "--preset", cfg.llava["pretrain"],
+                     "--data", str(_zoo_data(zoo, "llava_pretrain")), "--image-folder",
+                     str(_zoo_data(zoo, "llava_pretrain").parent), "--output", str(run / "pretrain"), *sets),
+            run / "pretrain" / "mm_projector.bin", [dep]),
+        Job(fin, _py("mllm_train", "finetune", *base, "--preset", cfg.llava["finetune"],
+                     "--pretrained-projector", str(run / "pretrain" / "mm_projector.bin"),
+                     "--data", str(_zoo_data(zoo, "llava_finetune")), "--image-folder",
+                     str(_zoo_data(zoo, "llava_finetune").parent), "--output", str(run / "finetune"), *sets),
+            llava_dir / "config.json", [pre]),
+    ]
+    for bench, flags in (("mmvp", ["--no-fix-label-swap"]), ("cv-bench", [])):
+        result = run / "eval" / bench
+        jobs.append(Job(f"{bench}/seed-{seed}/{tower}", _py("eval", bench, "--model", str(llava_dir), "--data",
+                                                             str(data / bench.replace("-", "_")), "--output",
+                                                             str(result), *flags),
+                        result / "metrics.json", [fin]))
+    return jobs
+
+
+def _zoo_field(zoo: Path, key: str) -> Path:
+    return Path(json.loads((zoo / "zoo.json").read_text())[key])
+
+
+def _zoo_data(zoo: Path, key: str) -> Path:
+    return Path(json.loads((zoo / "zoo.json").read_text())["data"][key])
+
+
+# ---------------------------------------------------------------- running
+def run_jobs(jobs: list[Job], out: Path, parallel: int = 2, desc: str = "world study") -> dict[str, str]:
+    """Run the graph, `parallel` jobs at a time; returns job -> reused | done | failed | skipped."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    status: dict[str, str] = {}
+    by_name = {j.name: j for j in jobs}
+    waiting = list(jobs)
+    running: dict[str, tuple[subprocess.Popen, float, Any, Path]] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    ready = ("reused", "done")
+    with tqdm(total=len(jobs), desc=desc, unit="job") as bar:
+        while waiting or running:
+            for job in list(waiting):
+                if any(status.get(d) in ("failed", "skipped") for d in job.deps):
+                    status[job.name] = "skipped"
+                elif not all(status.get(d) in ready for d in job.deps):
+                    continue
+                elif job.done.exists():
+                    status[job.name] = "reused"
+                elif len(running) < parallel:
+                    log_path = logs / (job.name.replace("/", "__") + ".log")
+                    log = log_path.open("w")
+                    log.write("$ " + " ".join(job.argv) + "\n")
+                    log.flush()
+                    proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+                    running[job.name] = (proc, time.perf_counter(), log, log_path)
+                    waiting.remove(job)
+                    bar.set_postfix_str(job.name)
+                    continue
+                else:
+                    continue
+                waiting.remove(job)
+                bar.update(1)
+            for name, (proc, start, log, log_path) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                ok = proc.returncode == 0 and by_name[name].done.exists()
+                status[name] = "done" if ok else "failed"
+                _record(out, name, status[name], time.perf_counter() - start)
+                if not ok:
+                    tqdm.write(f"world study: {name} failed (exit {proc.returncode}); its log: {log_path}")
+                bar.update(1)
+            time.sleep(0.2)
+    return status
+
+
+def _record(out: Path, name: str, status: str, seconds: float) -> None:
+    with (out / "jobs.jsonl").open("a") as f:
+        f.write(json.dumps({"job": name, "status": status, "seconds": round(seconds, 1), "time": time.time()}) + "\n")
+
+
+def run_study(cfg: StudyConfig, out: Path, parallel: int = 2) -> dict[str, str]:
+    """Build every seed's world first (the later jobs' paths come from its zoo.json), then the rest."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    builds = [j for j in plan_builds(cfg, out, parallel)]
+    status = run_jobs(builds, out, parallel=1, desc="world build")
+    if any(v == "failed" for v in status.values()):
+        return status
+    status.update(run_jobs(plan(cfg, out), out, parallel=parallel))
+    return status
