@@ -2,6 +2,8 @@
 # The whole chain, encoder first: enhance the tower with each method -> train LLaVA-1.5 on the
 # base tower and on every enhanced tower (same recipe, tower swapped by flag) -> evaluate all ->
 # comparison table + plot. With no arguments: the toy preset on the tiny offline zoo (CPU).
+# --preset world runs the shapes-world study instead (python -m world study): trained world models,
+# every method against its matched controls, over seeds, and report/world.md.
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -10,7 +12,7 @@ usage() {
   cat <<'USAGE'
 Usage: bash scripts/pipeline.sh [options]
 
-  --preset P            toy | paper                                                  (default toy)
+  --preset P            toy | paper | world                                          (default toy)
   --output DIR          run root: zoo/, enhance/<method>/, llava/<tower>/, eval/<tower>/, report/
                                                                         (default runs/<preset>-pipeline)
   --methods LIST        comma-separated subset of diva,un2clip,genhancer,genhancer-discrete
@@ -21,6 +23,9 @@ Usage: bash scripts/pipeline.sh [options]
   --hostfile FILE       multi-node DeepSpeed hostfile (passed to the launcher)
   --launcher L          torchrun | deepspeed (default torchrun)
   --no-setup            do not run scripts/setup.sh first
+ world preset only (its recipe is world/configs/study.yaml):
+  --seeds N             seeds 0..N-1 of the whole study (world models, enhance, LLaVA)   (default 1)
+  --jobs N              jobs run side by side, one CPU thread each                       (default 2)
  paper preset only (toy takes everything from the tiny zoo it builds):
   --vision-tower SPEC   base tower (default openai/clip-vit-large-patch14)
   --backbone B          preset backbone name for enhance (default openai-l14-224)
@@ -37,7 +42,7 @@ USAGE
 }
 
 preset=toy output="" methods="diva,un2clip,genhancer,genhancer-discrete" enhance_steps="" llava_steps=""
-gpus=1 hostfile="" launcher=torchrun setup=true tower="openai/clip-vit-large-patch14" backbone="openai-l14-224"
+gpus=1 hostfile="" launcher=torchrun setup=true seeds="" jobs=2 tower="openai/clip-vit-large-patch14" backbone="openai-l14-224"
 llm="" enhance_data="" sd="" unclip="" vq="" pre_data="" pre_images="" ft_data="" ft_images=""
 eval_flags=()
 while [[ $# -gt 0 ]]; do
@@ -51,6 +56,8 @@ while [[ $# -gt 0 ]]; do
     --hostfile) need_value "$1" $#; hostfile="$2"; shift 2 ;;
     --launcher) need_value "$1" $#; launcher="$2"; shift 2 ;;
     --no-setup) setup=false; shift ;;
+    --seeds) need_value "$1" $#; seeds="$2"; shift 2 ;;
+    --jobs) need_value "$1" $#; jobs="$2"; shift 2 ;;
     --vision-tower) need_value "$1" $#; tower="$2"; shift 2 ;;
     --backbone) need_value "$1" $#; backbone="$2"; shift 2 ;;
     --llm) need_value "$1" $#; llm="$2"; shift 2 ;;
@@ -69,7 +76,15 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-case "$preset" in toy|paper) ;; *) die "unknown --preset '$preset' (toy | paper)" ;; esac
+case "$preset" in toy|paper|world) ;; *) die "unknown --preset '$preset' (toy | paper | world)" ;; esac
+if [[ "$preset" == world ]]; then
+  $setup && bash "$HERE/setup.sh"
+  source "$HERE/_common.sh"  # picks up the venv setup.sh may just have created
+  study=(--out "${output:-runs/world}" --jobs "$jobs")
+  [[ -n "$seeds" ]] && study+=(--seeds "$seeds")
+  log "$GF_PY -m world study ${study[*]}"
+  exec "$GF_PY" -m world study "${study[@]}"
+fi
 output="${output:-runs/$preset-pipeline}"
 IFS=, read -r -a method_list <<<"$methods"
 for m in "${method_list[@]}"; do

@@ -35,7 +35,7 @@ def _loss(unet, scheduler, latents, context, t, noise, class_labels=None) -> tor
 
 
 def _pixels(items: list[scenes.Scene]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(scenes.draw(s))).permute(2, 0, 1) for s in items])
+    return torch.stack([torch.from_numpy(np.array(scenes.draw(s))).permute(2, 0, 1) for s in items])
 
 
 def _latents(vae, items: list[scenes.Scene]) -> torch.Tensor:

@@ -175,7 +175,7 @@ def llava_jobs(cfg: StudyConfig, tower: str, where: tuple[Path, str], zoo: Path,
                      "--pretrained-projector", str(run / "pretrain" / "mm_projector.bin"),
                      "--data", str(_zoo_data(zoo, "llava_finetune")), "--image-folder",
                      str(_zoo_data(zoo, "llava_finetune").parent), "--output", str(run / "finetune"), *sets),
-            llava_dir / "config.json", [pre]),
+            llava_dir / "genfeedback.json", [pre]),  # written last, after the export is complete
     ]
     for bench, flags in (("mmvp", ["--no-fix-label-swap"]), ("cv-bench", [])):
         result = run / "eval" / bench
