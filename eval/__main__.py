@@ -4,7 +4,7 @@ One subcommand per benchmark registered in eval/benchmarks/ (each module there a
 see eval/benchmarks/base.py), and three tools:
 
     rescore     recompute metrics.json from predictions.jsonl      RESULTS_DIR
-    compare     markdown table + grouped bar chart over runs       RUN_DIR ... --output DIR
+    compare     tables with intervals + bar chart over runs        RUN_DIR ... --output DIR
     benchmarks  list the registered benchmarks                     [--names]
 
 Every benchmark writes predictions.jsonl and metrics.json to --output.
@@ -22,7 +22,8 @@ from llava_plugin.cli import add_launcher_flags, guarded, run_cli
 
 TOOLS = {  # command: (help, usage)
     "rescore": ("recompute metrics from predictions.jsonl and check metrics.json", "RESULTS_DIR"),
-    "compare": ("markdown table + grouped bar chart of headline metrics", "RUN_DIR ... --output DIR"),
+    "compare": ("headline metrics with bootstrap intervals and paired deltas: tables, JSON, bar chart",
+                "RUN_DIR ... --output DIR"),
     "benchmarks": ("list the registered benchmarks: subcommand, metrics name, flags, what it is",
                    "[--names]"),
 }
@@ -63,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "runs", nargs="+", type=Path, help="run directories (the first is the baseline for deltas)"
     )
-    p.add_argument("--output", required=True, type=Path, help="where compare.md and compare.png go")
+    p.add_argument("--output", required=True, type=Path,
+                   help="where compare.md, compare.json and compare.png go")
+    p.add_argument("--resamples", type=int, default=2000,
+                   help="bootstrap redraws of the scored units per interval (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the redraws (same seed, same intervals)")
 
     p = sub.add_parser("benchmarks", help=TOOLS["benchmarks"][0])
     p.add_argument("--names", action="store_true", help="only the subcommands, one per line (for scripts)")
@@ -81,9 +86,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "rescore":
         return _rescore(args.results, args.parser)
     if args.command == "compare":
-        from eval.report import compare
+        import warnings
 
-        print(compare(args.runs, args.output), end="")
+        from eval.report import CompareWarning, compare
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CompareWarning)
+            text = compare(args.runs, args.output, resamples=args.resamples, seed=args.seed)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        print(text, end="")
         return 0
     if args.command == "benchmarks":
         for b in BENCHMARKS.values():

@@ -94,4 +94,4 @@ def test_toy_pipeline_end_to_end(zoo, tmp_path):
     table = (out / "report" / "compare.md").read_text()
     assert all(f"| {name} |" in table for name in towers)
     assert (out / "report" / "compare.png").stat().st_size > 10_000
-    assert "| run |" in result.stdout  # the table is printed
+    assert "| metric | n | base |" in result.stdout  # the tables are printed

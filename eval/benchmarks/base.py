@@ -18,19 +18,51 @@ The steps `run` goes through, each overridable (torchtitan-style):
 rescore DIR` re-parses every raw answer with `rejudge` and must reproduce metrics.json with
 `score`. `EncoderBenchmark` (a tower and its text encoder) and `GenerationBenchmark` (a LLaVA
 checkpoint answering prompts) supply the flags and model loading their kind shares.
+
+`compare`'s intervals redraw a results directory's scored units and call `score` on each redraw
+(eval/uncertainty.py), so no scoring rule is written twice; `resampling(config)` says what a unit
+is (default: one prediction) and which groups a headline averages, `headline_n` what each
+headline metric counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
 from eval.benchmarks.common import write_results
+from llava_plugin.errors import GenfeedbackError
 from llava_plugin.registry_util import Registry
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """How `compare` redraws a benchmark's predictions (eval/uncertainty.py)."""
+
+    unit: Callable[[dict], Hashable] = itemgetter("id")  # predictions with one key score together
+    # a headline that averages groups (CV-Bench's sources): units are redrawn within their group
+    stratum: Callable[[dict], Hashable] | None = None
+    # the prediction as a member of the `draw`-th unit of a redraw, so a unit drawn twice scores as
+    # two (MMVP pairs by its `pair` field); None: predictions score as they are
+    relabel: Callable[[dict, int], dict] | None = None
+
+
+class ResamplingError(GenfeedbackError, ValueError):
+    """Predictions that cannot be redrawn as the benchmark's units."""
+
+
+def field_resampling(unit: str = "id", stratum: str | None = None) -> Resampling:
+    """Units keyed by the prediction field `unit` (relabelled per draw unless it is `id`), strata
+    by the field `stratum`."""
+    relabel = None if unit == "id" else (lambda p, draw: {**p, unit: draw})
+    return Resampling(itemgetter(unit), None if stratum is None else itemgetter(stratum), relabel)
 
 
 class Benchmark:
@@ -82,6 +114,16 @@ class Benchmark:
     def owns(self, benchmark: str) -> bool:
         """Whether a metrics.json whose `benchmark` is this value was written by this benchmark."""
         return benchmark == self.name
+
+    # -- resampling (what `compare`'s intervals redraw) ----------------------------------
+    def resampling(self, config: dict) -> Resampling:
+        """The scored units of the headline and the groups it averages (default: each prediction)."""
+        return Resampling()
+
+    def headline_n(self, metric: str, predictions: list[dict], config: dict) -> int:
+        """How many scored units the headline `metric` counts (the n beside its interval)."""
+        unit = self.resampling(config).unit
+        return len({unit(p) for p in predictions})
 
 
 class EncoderBenchmark(Benchmark):

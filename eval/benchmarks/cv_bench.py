@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from eval.benchmarks.base import GenerationBenchmark, register_benchmark
+from eval.benchmarks.base import GenerationBenchmark, field_resampling, register_benchmark
 from eval.benchmarks.common import DatasetLayoutError, mean, open_rgb, percent, problem_lists, require_dir
 
 NAME = "cv_bench"
@@ -41,6 +41,8 @@ SOURCE_3D = "Omni3D"
 PARSERS = ("cambrian", "lmms")
 LETTERS = "ABCDEFGH"
 PROMPT_SUFFIX = "Answer with the option's letter from the given choices directly."
+HEADLINE_SOURCES = {"2D_ADE20K": ("ADE20K",), "2D_COCO": ("COCO",), "3D": (SOURCE_3D,),
+                    "overall": (*SOURCES_2D, SOURCE_3D)}  # the questions each headline metric scores
 
 
 def build_prompt(row: dict, suffix: str = PROMPT_SUFFIX) -> str:
@@ -255,3 +257,9 @@ class CVBench(GenerationBenchmark):
 
     rejudge = staticmethod(rejudge)
     score = staticmethod(score)
+
+    def resampling(self, config):
+        return field_resampling(stratum="source")  # the official numbers are means of per-source accuracies
+
+    def headline_n(self, metric, predictions, config) -> int:
+        return sum(p["source"] in HEADLINE_SOURCES[metric] for p in predictions)

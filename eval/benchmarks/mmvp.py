@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.benchmarks.base import GenerationBenchmark, register_benchmark
+from eval.benchmarks.base import GenerationBenchmark, field_resampling, register_benchmark
 from eval.benchmarks.common import (
     DatasetLayoutError,
     open_rgb,
@@ -265,3 +265,11 @@ class MMVP(GenerationBenchmark):
 
     rejudge = staticmethod(rejudge)
     score = staticmethod(score)
+
+    def resampling(self, config):
+        # the pair is the unit for both headlines: pair accuracy needs both questions, and the two
+        # questions of a pair (one image pair) are not independent samples for question accuracy
+        return field_resampling("pair")
+
+    def headline_n(self, metric, predictions, config) -> int:
+        return len(predictions) if metric == "question_accuracy" else len({p["pair"] for p in predictions})

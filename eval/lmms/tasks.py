@@ -27,6 +27,8 @@ DATA root for shapes_vqa and shapes_mc (`vqa/shapes_vqa.parquet`, `vqa/shapes_mc
 
 from __future__ import annotations
 
+import copy
+import functools
 import glob
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +42,12 @@ GQA_IMAGES_ENV = "GENFEEDBACK_GQA_IMAGES"  # read by tasks/gqa/utils.py
 
 
 def task_specs() -> dict[str, dict]:
-    return yaml.safe_load(TASK_SPECS.read_text())
+    return copy.deepcopy(_task_specs())  # a copy: callers may edit theirs
+
+
+@functools.cache
+def _task_specs() -> dict[str, dict]:
+    return yaml.safe_load(TASK_SPECS.read_text())  # package data: parsed once per process
 
 
 def task_includes(spec: dict) -> list[str]:
@@ -53,8 +60,10 @@ def task_includes(spec: dict) -> list[str]:
     )
 
 
+@functools.cache
 def headline_aggregations(name: str) -> dict:
-    """{headline metric: lmms-eval's aggregation function for it} from the task's own config."""
+    """{headline metric: lmms-eval's aggregation function for it} from the task's own config (read
+    once per process: `compare` scores thousands of redraws of a task)."""
     from lmms_eval.api.registry import get_aggregation, get_metric_aggregation
     from lmms_eval.utils import load_yaml_config
 
