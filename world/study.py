@@ -65,6 +65,8 @@ class StudyConfig:
     mmvp_vlm: dict[str, Any] = _help("Extra flags of `eval mmvp-vlm` for the world set.", factory=dict)
 
     def validate(self) -> None:
+        self.methods = {name: r if isinstance(r, MethodRecipe) else from_dict(MethodRecipe, r, f"methods.{name}.")
+                        for name, r in self.methods.items()}
         if not self.seeds:
             raise ConfigError("study.seeds is empty; e.g. --seeds 3")
         for name in self.downstream:
@@ -148,7 +150,7 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
             flags = [str(x) for kv in cfg.mmvp_vlm.items() for x in (f"--{kv[0]}", kv[1])]
             jobs.append(Job(f"mmvp_vlm/seed-{seed}/{tower}",
                             _py("eval", "mmvp-vlm", "--vision-tower", str(path), "--data",
-                                str(world / "data" / "mmvp_vlm"), "--output", str(result), *flags),
+                                str(_zoo_data(zoo, "mmvp_vlm")), "--output", str(result), *flags),
                             result / "metrics.json", [dep]))
         for tower in cfg.downstream:
             key = tower if tower == BASE or tower.count("-") else f"{tower}-feedback"
@@ -161,7 +163,6 @@ def llava_jobs(cfg: StudyConfig, tower: str, where: tuple[Path, str], zoo: Path,
     """LLaVA pretrain + finetune on `tower`, then world MMVP and CV-Bench."""
     path, dep = where
     run = root / "llava" / tower
-    data = world / "data"
     sets = _sets({"seed": seed, **cfg.llava.get("set", {})})
     base = ["--vision-tower", str(path), "--llm", str(_zoo_field(zoo, "llm"))]
     pre, fin = f"llava/seed-{seed}/{tower}/pretrain", f"llava/seed-{seed}/{tower}/finetune"
@@ -180,7 +181,7 @@ def llava_jobs(cfg: StudyConfig, tower: str, where: tuple[Path, str], zoo: Path,
     for bench, flags in (("mmvp", ["--no-fix-label-swap"]), ("cv-bench", [])):
         result = run / "eval" / bench
         jobs.append(Job(f"{bench}/seed-{seed}/{tower}", _py("eval", bench, "--model", str(llava_dir), "--data",
-                                                             str(data / bench.replace("-", "_")), "--output",
+                                                             str(_zoo_data(zoo, bench.replace("-", "_"))), "--output",
                                                              str(result), *flags),
                         result / "metrics.json", [fin]))
     return jobs
