@@ -90,6 +90,51 @@ def test_mmvp_vlm_layout_errors_name_the_expected_file(tmp_path):
         mmvp_vlm.load(tmp_path)
 
 
+def test_mmvp_vlm_type_categories_come_from_each_pairs_first_row_and_accept_any_even_count(tmp_path):
+    rows = [[1, "Quantity and Count", "two dots"], [2, "Oops Wrong Type", "three dots"],
+            [3, "My Own Category", "a dot on the left"], [4, "My Own Category", "a dot on the right"]]
+    _write_vlm_csv(tmp_path, rows)
+    with pytest.raises(common.DatasetLayoutError, match="270 question rows"):
+        mmvp_vlm.load(tmp_path)  # the official rule is the default and is unchanged
+    statements = mmvp_vlm.load(tmp_path, categories="type")
+    assert [s.category for s in statements] == ["Quantity and Count"] * 2 + ["My Own Category"] * 2
+    assert statements[1].image == tmp_path / "MLLM_VLM Images" / "Quantity and Count" / "2.jpg"
+    assert [s.gold for s in statements] == ["img1", "img2", "img1", "img2"]
+    _write_vlm_csv(tmp_path, rows[:3])
+    with pytest.raises(common.DatasetLayoutError, match="even"):
+        mmvp_vlm.load(tmp_path, categories="type")
+    with pytest.raises(ValueError, match="category rule"):
+        mmvp_vlm.load(tmp_path, categories="by-name")
+
+
+def test_mmvp_vlm_type_rule_scores_the_categories_present_in_file_order():
+    predictions = [
+        _vlm(0, "Zeta", 1, True), _vlm(0, "Zeta", 2, True),  # Zeta: 1/1 pairs
+        _vlm(1, "Alpha", 3, True), _vlm(1, "Alpha", 4, False),
+        _vlm(2, "Alpha", 5, True), _vlm(2, "Alpha", 6, True),  # Alpha: 1/2 pairs
+    ]
+    metrics = mmvp_vlm.score(predictions, {"categories": "type"})
+    assert list(metrics["categories"]) == ["Zeta", "Alpha"]
+    assert metrics["categories"] == {"Zeta": 100.0, "Alpha": 50.0}
+    assert metrics["average"] == 75.0 == metrics["headline"]["average"]
+    # without the option (and in metrics.json written before it existed) the official 9 categories
+    official = mmvp_vlm.score(predictions, {})
+    assert list(official["categories"]) == list(mmvp_vlm.CATEGORIES) and official["average"] is None
+
+
+def test_mmvp_vlm_categories_flag_defaults_to_official_and_is_recorded_in_the_config():
+    from eval.__main__ import build_parser
+
+    base = ["mmvp-vlm", "--vision-tower", "t", "--data", "d", "--output", "o"]
+    benchmark = mmvp_vlm.MMVPVLM()
+    official = build_parser().parse_args(base)
+    assert official.categories == "positional"
+    assert benchmark.options(official, [])["categories"] == "positional"
+    derived = build_parser().parse_args([*base, "--categories", "type"])
+    assert benchmark.options(derived, [])["categories"] == "type"
+    assert "first row's Type" in benchmark.options(derived, [])["rule"]
+
+
 # ---------------------------------------------------------------- MMVP
 YES_NO = ("Yes", "No")
 

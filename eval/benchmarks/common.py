@@ -49,10 +49,11 @@ def require_dir(benchmark: str, path: Path, what: str, hint: str = "") -> Path:
     return path
 
 
-def read_csv_rows(benchmark: str, csv_path: Path, header: list[str], n_rows: int, header_note: str = "",
+def read_csv_rows(benchmark: str, csv_path: Path, header: list[str], n_rows: int | None, header_note: str = "",
                   rows_note: str = "") -> list[list[str]]:
     """The data rows of a benchmark CSV whose header and row count are fixed by the release
-    (scoring is positional, so a different count is a layout error, not a smaller benchmark)."""
+    (scoring is positional, so a different count is a layout error, not a smaller benchmark).
+    `n_rows=None` accepts any count (a derived dataset whose scoring does not depend on it)."""
     import csv
 
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -60,7 +61,7 @@ def read_csv_rows(benchmark: str, csv_path: Path, header: list[str], n_rows: int
     if not rows or [c.strip() for c in rows[0]] != header:
         raise DatasetLayoutError(benchmark, f"the header row {','.join(header)}{header_note}", csv_path,
                                  f"found {rows[0] if rows else 'an empty file'}")
-    if len(rows) - 1 != n_rows:
+    if n_rows is not None and len(rows) - 1 != n_rows:
         raise DatasetLayoutError(benchmark, f"{n_rows} question rows{rows_note}", csv_path, f"found {len(rows) - 1}")
     return rows[1:]
 

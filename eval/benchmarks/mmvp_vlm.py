@@ -12,6 +12,13 @@ The official rule (tsb0601/MMVP scripts/evaluate_vlm.py, checked by hand):
 - a pair counts iff both statements pick their own image;
 - the category is positional, pair index // 15, in CATEGORIES order (not the Type column);
 - headline = mean of the 9 category pair accuracies.
+
+`--categories` (recorded in metrics.json's config):
+- `positional` (default): the official rule above; the file must have exactly 270 rows.
+- `type`: for derived datasets in the same layout (e.g. the shapes world's, world/benchmarks.py):
+  a pair's category is its first row's Type, any even number of rows is accepted, and the headline
+  is the mean over the categories present, in the order they first appear. Everything else (pairing,
+  image folders, parity, decision, pair rule) is the official one.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ ROWS = len(CATEGORIES) * PAIRS_PER_CATEGORY * 2
 HEADER = ["Question ID", "Type", "Statement"]
 IMAGES_DIR = "MLLM_VLM Images"
 TEXT_PREFIX = "a photo of "
+CATEGORY_RULES = ("positional", "type")  # --categories: official pair index // 15, or the pair's first Type
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class Statement:
     statement: str
     image: Path  # <IMAGES_DIR>/<Type of the pair's first row>/<qid>.jpg
     pair: int  # pair index in file order
-    category: str  # CATEGORIES[pair // 15]
+    category: str  # CATEGORIES[pair // 15] (official), or the pair's first row's Type (--categories type)
 
     @property
     def text(self) -> str:
@@ -72,7 +80,10 @@ class Statement:
         return "img1" if self.qid % 2 == 1 else "img2"
 
 
-def load(data_dir: Path | str) -> list[Statement]:
+def load(data_dir: Path | str, categories: str = "positional") -> list[Statement]:
+    """The statements in file order; `categories` is the category rule (CATEGORY_RULES)."""
+    if categories not in CATEGORY_RULES:
+        raise ValueError(f"unknown MMVP-VLM category rule {categories!r}; known: {CATEGORY_RULES}")
     root = Path(data_dir)
     csv_path = require_file(
         NAME,
@@ -81,7 +92,15 @@ def load(data_dir: Path | str) -> list[Statement]:
         "Download the MMVP/MMVP_VLM dataset and pass its root directory as --data",
     )
     images = require_dir(NAME, root / IMAGES_DIR, f"the image folder '{IMAGES_DIR}' (one subfolder per Type)")
-    body = read_csv_rows(NAME, csv_path, HEADER, ROWS, rows_note=" (categories are assigned by position)")
+    if categories == "positional":
+        body = read_csv_rows(NAME, csv_path, HEADER, ROWS,
+                             rows_note=" (categories are assigned by position; --categories type takes them "
+                                       "from the Type column of a derived dataset)")
+    else:
+        body = read_csv_rows(NAME, csv_path, HEADER, None)
+        if not body or len(body) % 2:
+            raise DatasetLayoutError(NAME, "an even, non-zero number of question rows (statements pair up)",
+                                     csv_path, f"found {len(body)}")
     statements = []
     for i, row in enumerate(body):
         if len(row) != 3:
@@ -98,7 +117,7 @@ def load(data_dir: Path | str) -> list[Statement]:
                 statement=text,
                 image=images / folder / f"{qid}.jpg",
                 pair=pair,
-                category=CATEGORIES[pair // PAIRS_PER_CATEGORY],
+                category=CATEGORIES[pair // PAIRS_PER_CATEGORY] if categories == "positional" else folder,
             )
         )
     return statements
@@ -145,7 +164,11 @@ def score(predictions: list[dict], config: dict) -> dict:
             )
     pair_correct = {i: all(m["correct"] for m in members) for i, members in pairs.items()}
     category_of = {i: members[0]["category"] for i, members in pairs.items()}
-    categories = {c: percent(pair_correct[i] for i in pairs if category_of[i] == c) for c in CATEGORIES}
+    if config.get("categories", "positional") == "positional":
+        names = CATEGORIES
+    else:  # the Types present, in the order they first appear
+        names = tuple(dict.fromkeys(category_of[i] for i in sorted(pairs)))
+    categories = {c: percent(pair_correct[i] for i in pairs if category_of[i] == c) for c in names}
     present = {c: v for c, v in categories.items() if v is not None}
     average = mean(present.values()) if present else None
     return {
@@ -199,17 +222,30 @@ class MMVPVLM(EncoderBenchmark):
     command = "mmvp-vlm"
     help = "MMVP-VLM with a CLIP-style tower and its text encoder (official pairing and scoring)"
 
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--categories",
+            choices=CATEGORY_RULES,
+            default="positional",
+            help="positional: the official category of pair k, CATEGORIES[k // 15], on exactly 270 rows "
+            "(default); type: each pair's first row's Type, any even number of rows (derived datasets "
+            "in this layout, e.g. the shapes world's)",
+        )
+
     def load(self, args) -> list[Statement]:
-        return load(args.data)
+        return load(args.data, categories=args.categories)
 
     def predict(self, args, statements: list[Statement]) -> list[dict]:
         return predict(self.load_tower(args), statements, args.batch_size)
 
     def options(self, args, statements: list[Statement]) -> dict:
+        category = "pair index // 15" if args.categories == "positional" else "the pair's first row's Type"
         return {
             "text_prefix": TEXT_PREFIX,
+            "categories": args.categories,
             "rule": "official: per-statement softmax over the pair's 2 images, img1 iff p>0.5; "
-            "category = pair index // 15",
+            f"category = {category}",
         }
 
     rejudge = staticmethod(rejudge)
