@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from world import scenes
+from world.benchmarks import attribute_accuracy
 
 # world MMVP-VLM category (its Type column) -> the world attribute it tests
 MMVP_VLM_CATEGORIES = {
@@ -79,6 +80,7 @@ def collect(out: Path) -> dict:
             for category, value in (data.get("categories") or {}).items():
                 if category in MMVP_VLM_CATEGORIES:
                     put(f"mmvp_vlm/{MMVP_VLM_CATEGORIES[category]}", metrics.parent.name, seed, value)
+        zoo = _read(out / "world" / f"seed-{seed}" / "zoo.json") or {}
         for metrics in sorted((root / "llava").glob("*/eval/*/metrics.json")):
             data = _read(metrics)
             if not data:
@@ -86,9 +88,10 @@ def collect(out: Path) -> dict:
             tower, bench = metrics.parent.parent.parent.name, metrics.parent.name
             for key, value in (data.get("headline") or {}).items():
                 put(f"{bench}/{key}", tower, seed, value)
-            for key, value in (data.get("categories") or data.get("by_category") or {}).items():
-                if isinstance(value, (int, float)):
-                    put(f"{bench}/{key}", tower, seed, value)
+            data_dir = (zoo.get("data") or {}).get(bench.replace("-", "_"))
+            if data_dir and (metrics.parent / "predictions.jsonl").is_file():
+                for attribute, acc in attribute_accuracy(metrics.parent, data_dir).items():
+                    put(f"{bench}/{attribute}", tower, seed, acc["question_accuracy"])
         sens = _read(out / "world" / f"seed-{seed}" / "sensitivity.json")
         for generator, values in (sens or {}).items():
             if generator == "settings":
@@ -211,10 +214,10 @@ def downstream_section(data: dict) -> str:
     if not metrics:
         return "No LLaVA results yet."
     rows = []
-    for tower in towers:
+    for metric in metrics:
+        values = table[metric]
         cells = []
-        for metric in metrics:
-            values = table[metric]
+        for tower in towers:
             if tower not in values:
                 cells.append("-")
                 continue
@@ -223,9 +226,11 @@ def downstream_section(data: dict) -> str:
                 m, se, n = paired(values[tower], values["base"])
                 text += f" (Δ {_fmt(m, se, n)})"
             cells.append(text)
-        rows.append([tower, *cells])
-    return ("LLaVA (pretrain + finetune, the same recipe) on each tower; world MMVP and CV-Bench accuracy (%), mean ± SE "
-            "over seeds, and the paired difference to the base tower's LLaVA (Δ).\n\n" + _table(["tower", *metrics], rows))
+        rows.append([metric, *cells])
+    return ("LLaVA (pretrain + finetune, the same recipe) on each tower; world MMVP and CV-Bench accuracy (%): the "
+            "benchmarks' headlines and the question accuracy per attribute asked, mean ± SE over seeds, with the "
+            "paired difference to the base tower's LLaVA (Δ). Chance is 50% for two options.\n\n"
+            + _table(["metric", *towers], rows))
 
 
 def plot(data: dict, out_dir: Path) -> list[Path]:
