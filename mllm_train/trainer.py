@@ -108,8 +108,7 @@ class LlavaTrainer(Trainer):
         batch = {k: v.to(device=device, dtype=self.dtype if v.is_floating_point() else v.dtype)
                  for k, v in batch.items()}
         loss = self.engine(**batch, use_cache=False).loss
-        self.engine.backward(loss)
-        self.engine.step()
+        self.backward_step(loss)
         tokens, positions = num_positions(batch)
         return {"loss": float(loss.detach()), "supervised_tokens": float((batch["labels"] != -100).sum()),
                 "samples": float(num_sequences(batch)), "tokens": float(tokens), "positions": float(positions)}

@@ -86,6 +86,12 @@ def build_engine(module: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
     return engine
 
 
+def grad_norm(module: nn.Module) -> float:
+    """The 2-norm of all of `module`'s gradients (held in the parameters, as without ZeRO)."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 def untrained_fp32_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """CPU fp32 copies of the registered parameters that do not train (e.g. a tower's base weights
     under LoRA), taken before DeepSpeed casts them to bf16, so an export keeps their exact values.

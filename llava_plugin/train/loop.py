@@ -3,14 +3,22 @@
     trainer = SomeStageTrainer(cfg); trainer.fit()        # setup -> (resume) -> train -> finish
 
 One optimizer step = `accumulation` micro-batches on every rank (llava_plugin.train.plan says who
-reads what). Per micro-batch the stage's `forward_backward_step` runs forward, `engine.backward`
-and `engine.step` (DeepSpeed scales by 1/accumulation and steps the optimizer at the boundary) and
-returns sums to log; at every step boundary the sums are reduced over ranks, a row goes to
-metrics.jsonl, and a checkpoint is written every `checkpointing.every_steps`.
+reads what). Per micro-batch the stage's `forward_backward_step` runs forward and `backward_step`
+(`engine.backward` + `engine.step`: DeepSpeed scales by 1/accumulation and steps the optimizer at the
+boundary) and returns sums to log; at every step boundary the sums are reduced over ranks, a row goes
+to metrics.jsonl, and a checkpoint is written every `checkpointing.every_steps`.
+
+Every row has the step's global gradient norm before clipping (`grad_norm`) and after it
+(`grad_norm_clipped` = min(norm, optim.grad_clip) when clipping is on). The norm is DeepSpeed's
+(`engine.get_global_grad_norm()`: ZeRO-1/2/3 and its bf16 optimizers compute it over all ranks'
+partitions before clipping, the same value on every rank); with no ZeRO in fp32 DeepSpeed keeps
+none, and `backward_step` takes it from the (already all-reduced, identical) gradients itself.
 
 A stage overrides:
     build()                    -> the module DeepSpeed wraps (tower + method, or the LLaVA)
-    param_groups(module)       -> optimizer groups (default: everything that requires grad)
+    param_groups(module)       -> optimizer groups (default: everything that requires grad); a group
+                                  may carry HELD_STEPS_KEY: N (lr factor 0 for its first N steps, see
+                                  llava_plugin.train.schedule), which the loop removes before the optimizer
     num_steps_per_epoch()      -> steps in one pass over the data
     micro_batches(start, end)  -> this rank's micro-batch items for steps [start, end), in order
     forward_backward_step(item)-> {"loss": float, other sums...}
@@ -43,6 +51,9 @@ from llava_plugin.train.plan import BatchPlan
 from llava_plugin.train.schedule import build_scheduler, warmup_steps
 
 logger = logging.getLogger("genfeedback")
+
+#: a param-group key a stage may set: the group's lr is 0 for its first N optimizer steps
+HELD_STEPS_KEY = "held_steps"
 
 
 class Trainer:
@@ -124,15 +135,19 @@ class Trainer:
         self.steps_per_epoch = self.num_steps_per_epoch()
         self.max_steps = cfg.schedule.max_steps or math.ceil(cfg.schedule.epochs * self.steps_per_epoch)
         self.fp32_untrained = ds.untrained_fp32_snapshot(module) if self.keep_fp32_untrained else {}
-        optimizer = cfg.optim.build(self.param_groups(module))
+        groups = [dict(g) for g in self.param_groups(module) if g["params"]]
+        held = [int(g.pop(HELD_STEPS_KEY, 0)) for g in groups]  # the optimizer and DeepSpeed never see it
+        optimizer = cfg.optim.build(groups)
         warmup = warmup_steps(max_steps=self.max_steps, steps=cfg.schedule.warmup_steps,
                               ratio=cfg.schedule.warmup_ratio)
         scheduler = build_scheduler(optimizer, kind=cfg.schedule.kind, max_steps=self.max_steps, warmup=warmup,
-                                    min_lr_ratio=cfg.schedule.min_lr_ratio)
+                                    min_lr_ratio=cfg.schedule.min_lr_ratio, held_steps=held)
         self.ds_config = ds.fill(cfg.deepspeed.load(), global_batch=cfg.batch.global_batch_size,
                                  micro_batch=cfg.batch.micro_batch_size, accumulation=self.plan.accumulation,
                                  bf16=self.dtype == torch.bfloat16, grad_clip=cfg.optim.grad_clip)
         self.engine = ds.build_engine(module, optimizer, scheduler, self.ds_config)
+        self._own_grad_norm = not hasattr(self.engine.optimizer, "_global_grad_norm")  # DeepSpeed keeps none
+        self._grad_norm: float | None = None
         self.checkpointer = Checkpointer(self.out, cfg.checkpointing.keep_last,
                                          exclude_frozen=self.exclude_frozen_from_checkpoints)
         self.setup_hook()
@@ -175,6 +190,23 @@ class Trainer:
                                                                "stage": self.trainer_state()})
 
     # ------------------------------------------------------------------ training
+    def backward_step(self, loss: torch.Tensor) -> None:
+        """`engine.backward(loss)` then `engine.step()` (the optimizer steps at the accumulation boundary),
+        noting the gradient norm where DeepSpeed keeps none (see the module docstring)."""
+        self.engine.backward(loss)
+        if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
+            self._grad_norm = ds.grad_norm(self.engine.module)
+        self.engine.step()
+
+    def grad_norms(self) -> dict[str, float | None]:
+        """The last step's global gradient norm before and after clipping."""
+        norm = self._grad_norm if self._own_grad_norm else self.engine.get_global_grad_norm()
+        if norm is None:
+            return {"grad_norm": None, "grad_norm_clipped": None}
+        norm = float(norm)
+        clip = self.cfg.optim.grad_clip
+        return {"grad_norm": norm, "grad_norm_clipped": min(norm, clip) if clip > 0 and math.isfinite(norm) else norm}
+
     def current_lrs(self) -> list[float]:
         return [float(lr) for lr in self.engine.get_lr()]
 
@@ -228,8 +260,7 @@ class Trainer:
         row: dict[str, Any] = {"step": self.step}
         row.update(self.step_row(reduced, totals[1] / self.world))
         row["lr"] = lrs[0] if len(lrs) == 1 else lrs
-        norm = self.engine.get_global_grad_norm()
-        row["grad_norm"] = float(norm) if norm is not None else None
+        row.update(self.grad_norms())
         return row
 
     # ------------------------------------------------------------------ finish

@@ -3,6 +3,11 @@ trainers use it (LLaVA and DIVA through the HF Trainer, GenHancer through diffus
 
 Warmup is linear from 0: the multiplier after `s` optimizer steps is s / warmup_steps, so the first
 step trains at lr 0, exactly as upstream. Then cosine to `min_lr_ratio` x peak, or constant.
+
+A param group can also be held: `held_steps[i] = N` gives group i an lr factor of 0 for its first N
+optimizer steps (then the schedule's own multiplier, not restarted), e.g. a tower kept fixed while a new
+projector warms up. An lr of 0 is no update at all, weight decay included (AdamW's and SGD's), and the
+optimizer, its state and its checkpoints stay what they are without the hold.
 """
 from __future__ import annotations
 
@@ -17,7 +22,28 @@ def warmup_steps(*, max_steps: int, steps: int = 0, ratio: float = 0.0) -> int:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, *, kind: str, max_steps: int, warmup: int,
-                    min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler:
+                    min_lr_ratio: float = 0.0,
+                    held_steps: list[int] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """`held_steps`: one count per optimizer param group (see the module docstring); None holds none."""
+    scheduler = _schedule(optimizer, kind=kind, max_steps=max_steps, warmup=warmup, min_lr_ratio=min_lr_ratio)
+    if not any(held_steps or []):
+        return scheduler
+    if len(held_steps) != len(optimizer.param_groups):
+        raise ValueError(f"held_steps has {len(held_steps)} entries for {len(optimizer.param_groups)} param groups")
+    # The same multipliers, each held group's zero for its first steps. Built over the schedule's own
+    # lambdas (they are functions of the step only); `initial_lr` stays the groups' peak lr.
+    lambdas = [_held(fn, n) if n else fn for fn, n in zip(scheduler.lr_lambdas, held_steps)]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def _held(fn, steps: int):
+    def multiplier(step: int) -> float:
+        return 0.0 if step < steps else fn(step)
+
+    return multiplier
+
+
+def _schedule(optimizer, *, kind: str, max_steps: int, warmup: int, min_lr_ratio: float):
     from transformers import get_scheduler
 
     if kind == "constant":
