@@ -5,7 +5,9 @@
 Every field is documented (`help_lines()` prints them for `--help`) and validated with a
 message naming the field, the value and the fix. The method's own hyperparameters live in
 the `method:` section; its `name` picks the registered method, the other keys are parsed by
-that method's `config_cls` (so a typo there is rejected too).
+that method's `config_cls` (so a typo there is rejected too). The `feedback:` section
+(enhance/feedback.py) holds the options every method shares for controlled runs (the feedback
+term's weight, a shuffled-condition control, a tower warm-up, a regulariser); upstream by default.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from enhance.feedback import FeedbackConfig
 from llava_plugin.config import (
     ConfigError,
     deep_merge,
@@ -36,6 +39,9 @@ class DataConfig:
                         "pattern / directory of shards (webdataset). --data sets it.", "")
     seed: int = _help("Seeds the epoch shuffle (order = f(seed, epoch)) and the per-step noise.", 0)
     shuffle: bool = _help("Shuffle each epoch (deterministically); false keeps source order.", True)
+    caption_key: str = _help("Field of a .jsonl list's rows holding the image's caption (read only when "
+                             "feedback.regularizer.kind=contrastive; webdataset shards hold it in KEY.txt).",
+                             "caption")
     num_workers: int = _help("DataLoader workers decoding and preprocessing images (0: in-process).", 0)
     max_bad_fraction: float = _help("Unreadable images are skipped and counted; more than this fraction of "
                                     "the images tried is an error (0 allows none).", 0.01)
@@ -89,11 +95,15 @@ class EnhanceConfig(RunConfig):
     data: DataConfig = _help("", factory=DataConfig)
     cache: CacheConfig = _help("", factory=CacheConfig)
     diagnose: DiagnoseConfig = _help("", factory=DiagnoseConfig)
+    feedback: FeedbackConfig = _help("", factory=FeedbackConfig)
 
     def validate(self) -> None:
         if not self.method.get("name"):
             raise ConfigError("method.name is not set: pass --method NAME (or a --preset that sets it)")
         self.method_config()  # parse now, so a bad method key fails before any model loads
+        if self.feedback.condition == "shuffled" and self.batch.micro_batch_size < 2:
+            raise ConfigError(f"feedback.condition=shuffled permutes conditions within a micro-batch, but "
+                              f"batch.micro_batch_size={self.batch.micro_batch_size}; use 2 or more")
 
     @property
     def method_name(self) -> str:

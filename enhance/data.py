@@ -1,11 +1,13 @@
 """Image sources, and the micro-batches a training run reads from them.
 
 A source is an indexable list of images (`open_source(spec)`):
-    DIR                      every image file under DIR (recursive, sorted)
-    FILE.jsonl               one {"image": path} per line, paths relative to the file's folder
-    SHARD.tar, a brace       webdataset shards (img2dataset/CC3M layout: KEY.jpg + KEY.txt ...);
+    DIR                      every image file under DIR (recursive, sorted); no captions
+    FILE.jsonl               one {"image": path} per line, paths relative to the file's folder; a row's
+                             caption, if any, in the `caption_key` field (data.caption_key)
+    SHARD.tar, a brace       webdataset shards (img2dataset/CC3M layout: KEY.jpg + KEY.txt caption ...);
     pattern ({00000..00099}.tar), or a directory holding only .tar files
 Shards are indexed once (tar headers only), then read by offset, so any rank can read any image.
+Captions are read only when a run needs them (feedback.regularizer.kind=contrastive).
 
 Who reads what is llava_plugin.train.plan's: the images form a stream of seeded epoch
 permutations (`StreamOrder`), optimizer step s consumes stream positions [s*G, (s+1)*G) (G = global
@@ -47,7 +49,8 @@ class BadImage(Exception):
 
 # --------------------------------------------------------------------------- sources
 class ImageSource:
-    """An ordered list of images; `key(i)` is a stable name, `read(i)` the raw bytes."""
+    """An ordered list of images; `key(i)` is a stable name, `read(i)` the raw bytes, `caption(i)`
+    the image's caption where the source has them."""
 
     description: str = ""
 
@@ -62,6 +65,13 @@ class ImageSource:
 
     def keys(self) -> list[str]:
         return [self.key(i) for i in range(len(self))]
+
+    def missing_captions(self) -> str | None:
+        """None when every image has a caption, else what is missing (for a one-line error)."""
+        return f"{self.description} has no captions"
+
+    def caption(self, index: int) -> str:
+        raise DataError(f"{self.missing_captions()}")
 
     def load(self, index: int) -> Image.Image:
         """Decoded RGB image; raises BadImage (with the reason) when it cannot be read."""
@@ -86,6 +96,9 @@ class FolderSource(ImageSource):
         self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         self.description = f"folder {root} ({len(self.paths)} images)"
 
+    def missing_captions(self):
+        return f"data.source {self.root} is an image folder, which holds no captions"
+
     def __len__(self):
         return len(self.paths)
 
@@ -97,9 +110,11 @@ class FolderSource(ImageSource):
 
 
 class JsonlSource(ImageSource):
-    def __init__(self, path: Path, image_key: str = "image"):
-        self.root = path.parent
+    def __init__(self, path: Path, image_key: str = "image", caption_key: str = "caption"):
+        self.path, self.root, self.caption_key = path, path.parent, caption_key
         self.names: list[str] = []
+        self.captions: list[str | None] = []
+        self.lines: list[int] = []
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -112,7 +127,22 @@ class JsonlSource(ImageSource):
                 raise DataError(f"{path}:{lineno} has no string {image_key!r} field; each line must be "
                                 f'{{"{image_key}": "path.jpg", ...}}')
             self.names.append(row[image_key])
+            caption = row.get(caption_key)
+            self.captions.append(caption if isinstance(caption, str) else None)
+            self.lines.append(lineno)
         self.description = f"jsonl {path} ({len(self.names)} images)"
+
+    def missing_captions(self):
+        for index, caption in enumerate(self.captions):
+            if caption is None:
+                return (f"{self.path}:{self.lines[index]} has no string {self.caption_key!r} field "
+                        "(data.caption_key)")
+        return None
+
+    def caption(self, index):
+        if self.captions[index] is None:
+            raise DataError(self.missing_captions())
+        return self.captions[index]
 
     def __len__(self):
         return len(self.names)
@@ -130,6 +160,7 @@ class _Member:
     offset: int
     size: int
     key: str
+    caption: tuple[int, int] | None = None  # (offset, size) of the sample's KEY.txt, if it has one
 
 
 class WebDatasetSource(ImageSource):
@@ -151,13 +182,29 @@ class WebDatasetSource(ImageSource):
 
     def read(self, index):
         m = self.members[index]
-        with open(self.shards[m.shard], "rb") as f:
-            f.seek(m.offset)
-            return f.read(m.size)
+        return self._read(m.shard, m.offset, m.size)
+
+    def _read(self, shard: int, offset: int, size: int) -> bytes:
+        with open(self.shards[shard], "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def missing_captions(self):
+        for m in self.members:
+            if m.caption is None:
+                return f"webdataset shard {self.shards[m.shard]} has no caption ({m.key}.txt) for sample {m.key}"
+        return None
+
+    def caption(self, index):
+        m = self.members[index]
+        if m.caption is None:
+            raise DataError(self.missing_captions())
+        return self._read(m.shard, *m.caption).decode("utf-8").strip()
 
 
 def _index_shard(shard: Path, shard_index: int) -> list[_Member]:
     members: dict[str, _Member] = {}
+    captions: dict[str, tuple[int, int]] = {}
     try:
         with tarfile.open(shard, "r:") as tar:
             for info in tar:
@@ -165,15 +212,19 @@ def _index_shard(shard: Path, shard_index: int) -> list[_Member]:
                     continue
                 name = info.name
                 _, dot, suffix = name.rpartition(".")
-                if not dot or f".{suffix.lower()}" not in IMAGE_SUFFIXES:
-                    continue
                 # webdataset keys: everything before the first dot of the basename
                 base = name.rsplit("/", 1)[-1]
                 key = name[: len(name) - len(base)] + base.split(".", 1)[0]
+                if dot and suffix.lower() == "txt":
+                    captions.setdefault(key, (info.offset_data, info.size))
+                if not dot or f".{suffix.lower()}" not in IMAGE_SUFFIXES:
+                    continue
                 members.setdefault(key, _Member(shard_index, info.offset_data, info.size, key))
     except tarfile.ReadError as err:
         raise DataError(f"webdataset shard {shard} is not a readable tar file ({err}); "
                         "re-download it or remove it from the shard list") from err
+    for key, member in members.items():
+        member.caption = captions.get(key)
     return list(members.values())
 
 
@@ -193,8 +244,9 @@ def expand_braces(pattern: str) -> list[str]:
     return [p for option in options for p in expand_braces(head + option + tail)]
 
 
-def open_source(spec: str | Path) -> ImageSource:
-    """Resolve a --data spec (see module docstring) to an ImageSource; raises DataError if unusable."""
+def open_source(spec: str | Path, caption_key: str = "caption") -> ImageSource:
+    """Resolve a --data spec (see module docstring) to an ImageSource; raises DataError if unusable.
+    `caption_key`: the caption field of a .jsonl list's rows (data.caption_key)."""
     text = str(spec)
     if not text:
         raise DataError("no data source given: pass --data DIR|FILE.jsonl|SHARDS.tar")
@@ -209,7 +261,7 @@ def open_source(spec: str | Path) -> ImageSource:
         if not path.exists():
             raise DataError(f"data {text!r} does not exist (expected an image folder, a .jsonl list or .tar shards)")
         if path.is_file() and path.suffix == ".jsonl":
-            source = JsonlSource(path)
+            source = JsonlSource(path, caption_key=caption_key)
         elif path.is_file() and path.suffix == ".tar":
             source = WebDatasetSource([path])
         elif path.is_dir():
@@ -231,13 +283,15 @@ class MicroBatches(torch.utils.data.Dataset):
     """Global micro-batch index -> preprocessed tensors (+ cached targets) and skip accounting.
 
     Items: {"batch": {name: tensor}, "indices": [dataset index per row], "micro_index": int,
-            "tried": images attempted, "bad": [(key, reason), ...]}.
+            "tried": images attempted, "bad": [(key, reason), ...]}, and with `captions`
+            "captions": [caption per row].
     """
 
     def __init__(self, source: ImageSource, order: StreamOrder,
                  preprocess: Callable[[list[Image.Image]], dict[str, torch.Tensor]],
-                 targets: Callable[[list[int]], dict[str, torch.Tensor]] | None = None):
+                 targets: Callable[[list[int]], dict[str, torch.Tensor]] | None = None, captions: bool = False):
         self.source, self.order, self.preprocess, self.targets = source, order, preprocess, targets
+        self.captions = captions
 
     def __len__(self):  # indices are unbounded (epochs repeat); the sampler bounds them
         return 2**62
@@ -261,7 +315,10 @@ class MicroBatches(torch.utils.data.Dataset):
         batch = self.preprocess(images)
         if self.targets is not None:
             batch.update(self.targets(indices))
-        return {"batch": batch, "indices": indices, "micro_index": micro_index, "tried": tried, "bad": bad}
+        item = {"batch": batch, "indices": indices, "micro_index": micro_index, "tried": tried, "bad": bad}
+        if self.captions:
+            item["captions"] = [self.source.caption(index) for index in indices]
+        return item
 
 
 def collate_identity(item):

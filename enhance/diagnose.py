@@ -2,7 +2,8 @@
 
 For held-out images at fixed noise and fixed timesteps, compare the generator's loss given each
 image's own condition with its loss given another image's condition (the condition tensors
-rolled by one along the batch, so no image keeps its own). Per timestep band:
+rolled by one along the batch, so no image keeps its own: `enhance.feedback.derange`, the same
+permutation as training's shuffled-condition control). Per timestep band:
 
     loss_own        lower is better: how well the tower's condition explains the image
     gap             loss_shuffled - loss_own; near zero means the generator ignores the
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from enhance.data import BadImage, ImageSource
+from enhance.feedback import derange
 from enhance.methods.base import Method
 
 
@@ -32,11 +34,6 @@ def _band_timesteps(low: float, high: float, band: int, bands: int, n: int, gen:
     hi = low + (high - low) * (band + 1) / bands
     t = lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
     return t.floor().long().clamp(int(low), int(high) - 1) if integer else t.float()
-
-
-def roll_condition(condition: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each image gets the next image's condition (a permutation along the batch, no fixed point)."""
-    return {k: v.roll(1, dims=0) for k, v in condition.items()}
 
 
 @torch.no_grad()
@@ -74,7 +71,7 @@ def condition_gap(method: Method, source: ImageSource, indices: list[int], *, ba
                      for k, v in method.preprocess(chunk).items()}
             batch.update(method.encode_targets(batch))
             cond = method.encode_condition(batch)
-            rolled = roll_condition(cond)
+            rolled = derange(cond)
             for band in range(bands):
                 gen = torch.Generator().manual_seed(seed * 1000 + band)
                 t = _band_timesteps(low, high, band, bands, len(chunk), gen, integer).to(device)

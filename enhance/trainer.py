@@ -7,8 +7,13 @@ reads what). Per micro-batch:
 
     batch = method.preprocess(images)           (data workers)
     batch |= cache.targets(indices)             (cached) or method.encode_targets(batch) (not)
-    out = engine(batch, rng)                    encode_condition + denoising_loss
+    batch |= feedback.encode_captions(...)      (only for feedback.regularizer.kind=contrastive)
+    out = engine(batch, rng)                    encode_condition + denoising_loss (+ regulariser)
     engine.backward(out.loss); engine.step()    DeepSpeed steps the optimizer at the boundary
+
+The `feedback:` options (enhance/feedback.py) apply to every method here and in `Method.forward`:
+the method gets them in `build` (`set_feedback`), `param_groups` holds the tower's groups for
+`feedback.tower_warmup_steps`, and they are part of the run's identity and of genfeedback.json.
 
 The noise generator and torch's global RNG are reseeded from (data.seed, global micro-batch
 index) before every micro-batch, so the noise an image gets does not depend on the world size
@@ -32,7 +37,7 @@ from enhance.methods.base import Method, get_method
 from llava_plugin import distributed
 from llava_plugin.train import deepspeed as ds
 from llava_plugin.train.checkpoint import append_metrics
-from llava_plugin.train.loop import Trainer
+from llava_plugin.train.loop import HELD_STEPS_KEY, Trainer
 from llava_plugin.train.plan import PlanSampler, StreamOrder
 
 logger = logging.getLogger("enhance")
@@ -74,10 +79,19 @@ class EnhanceTrainer(Trainer):
         from llava_plugin.registry import load_tower
 
         cfg = self.cfg
+        self.source = open_source(cfg.data.source, caption_key=cfg.data.caption_key)
+        if cfg.feedback.needs_captions:
+            missing = self.source.missing_captions()
+            if missing:
+                raise ConfigError(
+                    f"feedback.regularizer.kind=contrastive needs each image's caption, but {missing}: pass --data "
+                    f"a .jsonl list whose rows carry one (field data.caption_key={cfg.data.caption_key!r}) or "
+                    "webdataset shards with KEY.txt captions, or use feedback.regularizer.kind=distill")
         method_cls = get_method(cfg.method_name)
         self.method_config = cfg.method_config()
         tower = load_tower(cfg.vision_tower)
         self.method: Method = method_cls(self.method_config, tower, cfg.generator)
+        self.method.set_feedback(cfg.feedback)  # before the casts below: a regulariser's frozen parts follow them
         if cfg.precision.gradient_checkpointing:
             enable = getattr(tower.model, "gradient_checkpointing_enable", None)
             if enable is None:
@@ -89,7 +103,6 @@ class EnhanceTrainer(Trainer):
         # precision here (so cached and uncached targets are computed identically).
         for module in self.method.frozen.values():
             module.to(self.dtype)
-        self.source = open_source(cfg.data.source)
         self.order = StreamOrder(len(self.source), cfg.batch.micro_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
         self.tracker = BadImageTracker(cfg.data.max_bad_fraction, cfg.data.bad_check_after)
@@ -97,10 +110,28 @@ class EnhanceTrainer(Trainer):
         return self.method
 
     def param_groups(self, module: Method) -> list[dict]:
+        """The method's groups; with feedback.tower_warmup_steps, each split into its tower part (held
+        for those steps) and the rest, same options. The tower's parameters are told apart by
+        identity (`module.tower.parameters()`), so no method has to mark its groups."""
         groups = [g for g in module.trainable_parameters() if g["params"]]
         if not groups:
             raise ConfigError(f"method {self.cfg.method_name!r} has no trainable parameters")
-        return groups
+        warmup = self.cfg.feedback.tower_warmup_steps
+        if not warmup:
+            return groups
+        tower = {id(p) for p in module.tower.parameters()}
+        split = []
+        for group in groups:
+            mine = [p for p in group["params"] if id(p) in tower]
+            rest = [p for p in group["params"] if id(p) not in tower]
+            if mine:
+                split.append({**group, "params": mine, HELD_STEPS_KEY: warmup})
+            if rest:
+                split.append({**group, "params": rest})
+        if not any(HELD_STEPS_KEY in g for g in split):
+            logger.info("feedback.tower_warmup_steps=%d: the tower does not train in this run; nothing to hold",
+                        warmup)
+        return split
 
     def num_steps_per_epoch(self) -> float:
         return len(self.source) / self.cfg.batch.global_batch_size
@@ -116,7 +147,7 @@ class EnhanceTrainer(Trainer):
         cfg = self.cfg
         return {"method": cfg.method, "vision_tower": cfg.vision_tower, "generator": cfg.generator,
                 "data.source": cfg.data.source, "data.seed": cfg.data.seed, "data.shuffle": cfg.data.shuffle,
-                "optim.name": cfg.optim.name}
+                "optim.name": cfg.optim.name, "feedback": asdict(cfg.feedback)}  # a control is another run
 
     def trainer_state(self) -> dict:
         return {"images_tried": self.images_tried, "images_skipped": self.images_skipped,
@@ -174,7 +205,8 @@ class EnhanceTrainer(Trainer):
     # ------------------------------------------------------------------ training
     def micro_batches(self, start_step: int, end_step: int):
         dataset = MicroBatches(self.source, self.order, self.method.preprocess,
-                               self.cache.targets if self.cache is not None else None)
+                               self.cache.targets if self.cache is not None else None,
+                               captions=self.cfg.feedback.needs_captions)
         sampler = PlanSampler(self.plan, start_step, end_step)
         workers = self.cfg.data.num_workers
         return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
@@ -186,12 +218,13 @@ class EnhanceTrainer(Trainer):
         if self.cache is None:
             with torch.no_grad():
                 batch.update(self.method.encode_targets(batch))
+        if "captions" in item:  # frozen text tower, outside the engine (it is not a trained parameter)
+            batch.update(self.method.feedback.encode_captions(self.method, item["captions"]))
         seed = micro_seed(self.cfg.data.seed, item["micro_index"])
         torch.manual_seed(seed)  # dropout etc.: same for an image whatever the world size
         rng = torch.Generator(device=self.device).manual_seed(seed)
         out = self.engine(batch, rng)
-        self.engine.backward(out.loss)
-        self.engine.step()
+        self.backward_step(out.loss)
         self.tracker.add(item["tried"], item["bad"])
         sums = {f"metric/{k}": float(v) for k, v in out.metrics.items() if k != "loss"}
         return {"loss": float(out.loss.detach().float()), "tried": item["tried"], "bad": len(item["bad"]), **sums}
@@ -222,7 +255,7 @@ class EnhanceTrainer(Trainer):
         final_metrics = self.history[-1] if self.history else {}
         metadata = {
             "method": cfg.method_name, "base_tower": cfg.vision_tower, "generator": cfg.generator,
-            "config": cfg.to_dict(), "steps": self.step, "world_size": self.world,
+            "config": cfg.to_dict(), "feedback": asdict(cfg.feedback), "steps": self.step, "world_size": self.world,
             "final_metrics": final_metrics, "skipped_images": bad,
             "condition_gap_at_start": self.diagnosis,
             "generator_fingerprint": self.method.frozen_state_fingerprint(),

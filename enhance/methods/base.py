@@ -17,8 +17,11 @@ A training step is, for every method:
     cond = method.encode_condition(batch)          # tower forward -> dict of [B, ...] tensors
     loss = method.denoising_loss(batch, cond, rng) # per-sample generator loss, [B]
 
-`forward(batch, rng)` runs the last two and returns a `LossOutput`; `diagnose` calls them
-separately to compare a tower's own condition with a shuffled one at fixed noise.
+`forward(batch, rng)` runs the last two and returns a `LossOutput`, the loss made by the run's
+`feedback:` options (enhance/feedback.py: the generator loss's weight, a shuffled-condition control,
+a regulariser; upstream's plain mean of the generator loss by default), which the trainer applies to
+every method alike through `set_feedback`; `diagnose` calls them separately to compare a tower's own
+condition with a shuffled one at fixed noise.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from enhance.feedback import Feedback, FeedbackConfig
 from llava_plugin.registry_util import Registry
 from llava_plugin.towers import VisionTower
 
@@ -63,6 +67,13 @@ class Method(nn.Module):
         self.tower = tower
         self.generator_spec = generator
         self.frozen: dict[str, nn.Module] = {}  # not registered: see module docstring
+        self.feedback = Feedback()  # upstream's objective until the trainer calls set_feedback
+
+    def set_feedback(self, cfg: FeedbackConfig) -> None:
+        """Apply a run's `feedback:` options (enhance/feedback.py) to this method; the trainer calls it
+        once, right after building the method (a regulariser copies the tower as it is then)."""
+        self.feedback = Feedback(cfg)
+        self.feedback.attach(self)
 
     def _apply(self, fn, recurse=True):
         # .to()/.bfloat16() reach the frozen modules too, though they are not registered.
@@ -104,11 +115,18 @@ class Method(nn.Module):
         """The [low, high) range of t that `denoising_loss` samples from (for diagnostic bands)."""
         raise NotImplementedError
 
+    def global_embedding(self, batch: dict[str, torch.Tensor], condition: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tower's `image_embeds` [B, embed_dim] of the batch, for a `feedback.regularizer`: the
+        condition's own when it carries them (un2CLIP, no second forward), else one more tower forward
+        (a method whose condition holds the same tensor can override this to return it)."""
+        embeds = condition.get("image_embeds")
+        return embeds if embeds is not None else self.tower(batch["pixel_values"]).image_embeds
+
     def forward(self, batch: dict[str, torch.Tensor], rng: torch.Generator | None = None) -> LossOutput:
-        condition = self.encode_condition(batch)
-        per_sample = self.denoising_loss(batch, condition, rng)
-        loss = per_sample.mean()
-        return LossOutput(loss=loss, metrics={"loss": float(loss.detach())})
+        """The step's loss: by default the mean of `denoising_loss` under the tower's condition
+        (metrics `loss` and `feedback_loss`); `set_feedback` changes how it is made."""
+        loss, metrics = self.feedback.loss(self, batch, rng)
+        return LossOutput(loss=loss, metrics=metrics)
 
     # -- what trains and what ships ------------------------------------------------------
     def trainable_parameters(self) -> list[dict[str, Any]]:
