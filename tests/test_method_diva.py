@@ -171,22 +171,24 @@ def test_prompt_embedding_is_the_pipelines(zoo, method):
     torch.testing.assert_close(method.prompt_embeds, expected)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_target_follows_the_schedulers_prediction_type(zoo, tmp_path, prediction_type):
     gen = LatentDiffusion(with_prediction_type(zoo.sd21, tmp_path / "sd", prediction_type))
     latents, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     t = torch.tensor([0, 500, 999])
     alpha = gen.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-    expected = noise if prediction_type == "epsilon" else alpha.sqrt() * noise - (1 - alpha).sqrt() * latents
+    expected = {"epsilon": noise, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents,
+                "sample": latents}[prediction_type]  # sample: x0-prediction, the clean latents
     torch.testing.assert_close(gen.target(latents, noise, t), expected)
     torch.testing.assert_close(
         gen.add_noise(latents, noise, t), alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
     )
 
 
-def test_v_prediction_generator_trains_too(zoo, tmp_path):
-    method = make(zoo, generator=with_prediction_type(zoo.sd21, tmp_path / "sd", "v_prediction"))
-    assert method.generator.prediction_type == "v_prediction"
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_other_prediction_types_train_too(zoo, tmp_path, prediction_type):
+    method = make(zoo, generator=with_prediction_type(zoo.sd21, tmp_path / "sd", prediction_type))
+    assert method.generator.prediction_type == prediction_type
     batch = method.preprocess(scenes(2))
     batch |= method.encode_targets(batch)
     loss = method(batch, torch.Generator().manual_seed(0)).loss
@@ -195,8 +197,8 @@ def test_v_prediction_generator_trains_too(zoo, tmp_path):
 
 
 def test_unknown_prediction_type_and_wrong_pipeline_are_refused(zoo, tmp_path):
-    with pytest.raises(GeneratorError, match="prediction_type='sample' is not supported"):
-        make(zoo, generator=with_prediction_type(zoo.sd21, tmp_path / "sd", "sample"))
+    with pytest.raises(GeneratorError, match="prediction_type='flow' is not supported"):
+        make(zoo, generator=with_prediction_type(zoo.sd21, tmp_path / "sd", "flow"))
     with pytest.raises(GeneratorError, match="stable-diffusion-2-1-base"):
         make(zoo, generator=zoo.unclip)
     with pytest.raises(GeneratorError, match="model_index.json"):

@@ -25,7 +25,8 @@ from PIL import Image
 from llava_plugin.errors import GenfeedbackError
 
 # what `target()` can produce; anything else in scheduler_config.json is refused at load
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+# (epsilon: the noise; v_prediction: the velocity; sample: the clean latents, x0-prediction)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class GeneratorError(GenfeedbackError, ValueError):
@@ -196,6 +197,16 @@ class LatentDiffusion:
         return (z - shift) * self.vae.config.scaling_factor
 
     # ---- diffusion -------------------------------------------------------------------------
+    def timestep_bounds(self, band: Sequence[float] = (0.0, 1.0)) -> tuple[int, int]:
+        """The integer timesteps [low, high) of a band given as fractions of the schedule:
+        [round(band[0] * T), round(band[1] * T)); (0, 1) is every step, [0, T)."""
+        steps = self.num_train_timesteps
+        low, high = round(band[0] * steps), round(band[1] * steps)
+        if not 0 <= low < high <= steps:
+            raise GeneratorError(f"timestep band {list(band)} of the generator's {steps} steps holds no timestep "
+                                 f"([{low}, {high})); use fractions 0 <= low < high <= 1 at least 1/{steps} apart")
+        return low, high
+
     def timesteps(
         self,
         batch_size: int,
@@ -203,11 +214,15 @@ class LatentDiffusion:
         rng: torch.Generator | None,
         device: torch.device,
         fixed: torch.Tensor | None = None,
+        band: Sequence[float] = (0.0, 1.0),
     ) -> torch.Tensor:
-        """[draws * batch_size] timesteps (draw-major), uniform over the integers
-        [0, num_train_timesteps), or `fixed` (a scalar or one per sample) for every draw."""
+        """[draws * batch_size] timesteps (draw-major), uniform over the integers of `band`
+        (`timestep_bounds`; by default all of [0, num_train_timesteps)), or `fixed` (a scalar or one
+        per sample) for every draw."""
         if fixed is None:
-            return randint(self.num_train_timesteps, (draws * batch_size,), rng, device)
+            low, high = self.timestep_bounds(band)
+            t = randint(high - low, (draws * batch_size,), rng, device)
+            return t + low if low else t
         return torch.as_tensor(fixed, device=device).long().expand(batch_size).repeat(draws)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -219,6 +234,8 @@ class LatentDiffusion:
             return noise
         if self.prediction_type == "v_prediction":
             return self.noise_scheduler.get_velocity(latents, noise, t)
+        if self.prediction_type == "sample":
+            return latents
         raise GeneratorError(
             f"unknown prediction_type {self.prediction_type!r}; supported: {list(PREDICTION_TYPES)}"
         )

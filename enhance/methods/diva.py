@@ -14,7 +14,13 @@ end up weighted 1 : 1/5. We weight them equally.)
 
 Upstream encodes the posterior mean of the VAE (no sampling) and the loss is epsilon-MSE
 at t ~ U{0..999}; the target here follows the scheduler's prediction type, which for
-SD-2.1-base is epsilon. Unlike upstream, the VAE sees [-1, 1] pixels, not CLIP-normalised ones.
+SD-2.1-base is epsilon (v_prediction and sample, i.e. x0-prediction, work too). Unlike upstream,
+the VAE sees [-1, 1] pixels, not CLIP-normalised ones.
+
+General options, all off in the paper presets: `timestep_range` narrows t to a band of the
+schedule; the run's `feedback:` section (enhance/feedback.py: feedback weight, shuffled
+condition, `tower_warmup_steps` for "a projector warmed up with the tower frozen", a contrastive
+or distillation regulariser) applies to DIVA as to every method.
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ from torch import nn
 
 from enhance.generators.sd import GeneratorError, LatentDiffusion, randint
 from enhance.methods.base import register_method
-from enhance.methods.latent_diffusion import LatentDiffusionFeedback
+from enhance.methods.latent_diffusion import (
+    TIMESTEP_RANGE_HELP,
+    LatentDiffusionFeedback,
+    check_timestep_range,
+)
 from llava_plugin.config import ConfigError
 from llava_plugin.config import documented as _help
 from llava_plugin.towers import VisionTower
@@ -56,8 +66,10 @@ class DivaConfig:
                                  False)
     projector_lr: float = _help("Peak lr of the condition projector (0: the run's optim.lr, as in DIVA).",
                                 0.0)
+    timestep_range: list[float] = _help(TIMESTEP_RANGE_HELP, factory=lambda: [0.0, 1.0])
 
     def validate(self) -> None:
+        check_timestep_range(self.timestep_range)
         if self.num_noise_draws < 1:
             raise ConfigError(f"method.num_noise_draws={self.num_noise_draws}: must be >= 1 (DIVA uses 2)")
         if self.num_patch_tokens < 0:

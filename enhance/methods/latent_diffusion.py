@@ -5,14 +5,38 @@ Both preprocess an image the same way (one centred square, normalised once for t
 once into the VAE's [-1, 1]), cache the same targets (the VAE posterior's mean and log-variance)
 and run the same noising/denoising step; they differ only in how the condition reaches the
 UNet (cross-attention tokens vs `class_labels`).
+
+Both also share `timestep_range` (TIMESTEP_RANGE_HELP): t is drawn uniformly from a band of the
+schedule, by default all of it (upstream); a narrower band is a general option for runs such as the
+shapes world, off in every paper preset.
 """
 from __future__ import annotations
 
 import torch
 from PIL import Image
 
-from enhance.generators.sd import LatentDiffusion, center_squares, per_sample_mse, randn, vae_pixels
+from enhance.generators.sd import (
+    GeneratorError,
+    LatentDiffusion,
+    center_squares,
+    per_sample_mse,
+    randn,
+    vae_pixels,
+)
 from enhance.methods.base import Method
+from llava_plugin.config import ConfigError
+
+TIMESTEP_RANGE_HELP = (
+    "[low, high]: t is drawn uniformly from the integers [low * T, high * T) of the generator's T training "
+    "steps (rounded); [0.0, 1.0] (upstream) is every step. A band such as [0.8, 1.0] (high noise) is a "
+    "general option, off in the paper presets.")
+
+
+def check_timestep_range(band: list[float]) -> None:
+    """For a method config's validate(): two fractions 0 <= low < high <= 1."""
+    if len(band) != 2 or not 0.0 <= band[0] < band[1] <= 1.0:
+        raise ConfigError(f"method.timestep_range={band}: expected [low, high], fractions of the schedule with "
+                          "0 <= low < high <= 1 (e.g. [0.0, 1.0], all steps)")
 
 
 class LatentDiffusionFeedback(Method):
@@ -26,6 +50,10 @@ class LatentDiffusionFeedback(Method):
         # fixed for the whole run: a buffer (moves with the method; not a parameter, not saved)
         self.register_buffer("prompt_embeds", generator.encode_prompt(self.cfg.prompt), persistent=False)
         self.resolution = self.cfg.generator_resolution or generator.native_resolution
+        try:  # a band holding no integer step fails now, not at the first step
+            generator.timestep_bounds(self.cfg.timestep_range)
+        except GeneratorError as err:
+            raise ConfigError(f"method.timestep_range={self.cfg.timestep_range}: {err}") from err
 
     # -- data side -------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
@@ -42,7 +70,9 @@ class LatentDiffusionFeedback(Method):
         return {"latent_mean": mean, "latent_logvar": logvar}
 
     def timestep_range(self) -> tuple[float, float]:
-        return 0.0, float(self.generator.num_train_timesteps)
+        """The [low, high) timesteps training draws from: the `timestep_range` band, in steps."""
+        low, high = self.generator.timestep_bounds(self.cfg.timestep_range)
+        return float(low), float(high)
 
     # -- the shared step -------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, torch.Tensor], context: torch.Tensor, draws: int,
@@ -55,7 +85,8 @@ class LatentDiffusionFeedback(Method):
             batch["latent_mean"].to(context.device), batch["latent_logvar"].to(context.device), rng,
             self.cfg.sample_latents,
         ).repeat(draws, 1, 1, 1)
-        t = self.generator.timesteps(batch_size, draws, rng, context.device, fixed=timesteps)
+        t = self.generator.timesteps(batch_size, draws, rng, context.device, fixed=timesteps,
+                                     band=self.cfg.timestep_range)
         noise = randn(latents.shape, rng, latents)
         noisy = self.generator.add_noise(latents, noise, t)
         pred = self.generator.denoise(noisy, t, context, class_labels=class_labels)

@@ -5,6 +5,10 @@ noise level) into the UNet's `class_labels`, with the empty prompt's text embedd
 the cross-attention context. The generator stays frozen, so the tower's embedding has to
 stay in the space unCLIP was trained on; the paper finds a projector or a trained
 generator both hurt.
+
+General options, all off in the paper presets: `timestep_range` narrows t to a band of the
+schedule; the run's `feedback:` section (enhance/feedback.py) applies as to every method (its
+regulariser reads the condition's own `image_embeds`, with no second tower forward).
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ import torch
 
 from enhance.generators.unclip import UnCLIPDiffusion
 from enhance.methods.base import register_method
-from enhance.methods.latent_diffusion import LatentDiffusionFeedback
+from enhance.methods.latent_diffusion import (
+    TIMESTEP_RANGE_HELP,
+    LatentDiffusionFeedback,
+    check_timestep_range,
+)
 from llava_plugin.config import ConfigError
 from llava_plugin.config import documented as _help
 from llava_plugin.towers import VisionTower
@@ -34,8 +42,10 @@ class Un2ClipConfig:
         "stable-diffusion-2-1-unclip).", 0)
     sample_latents: bool = _help(
         "Draw latents from the VAE posterior, as latent diffusion trains; false uses its mean.", True)
+    timestep_range: list[float] = _help(TIMESTEP_RANGE_HELP, factory=lambda: [0.0, 1.0])
 
     def validate(self) -> None:
+        check_timestep_range(self.timestep_range)
         if self.noise_level < 0:
             raise ConfigError(f"method.noise_level={self.noise_level}: must be >= 0")
         if self.num_noise_draws < 1:
