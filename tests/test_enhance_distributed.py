@@ -64,6 +64,9 @@ def test_two_ranks_follow_the_one_rank_loss_curve(dist_zoo, tmp_path, zero):
     assert [r["step"] for r in two] == [1, 2, 3]
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
     assert [r["lr"] for r in two] == pytest.approx([r["lr"] for r in one])
+    # the global gradient norm (before clipping) is over all ranks' partitions: the 1-rank run's
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-4)
+    assert all(r["grad_norm_clipped"] == min(r["grad_norm"], 1.0) for r in two)
     assert two[-1]["images_tried"] == one[-1]["images_tried"] == 24  # each image read once, by one rank
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     base = _weights_base(dist_zoo)
