@@ -75,6 +75,10 @@ class DiagnoseConfig:
     bands: int = _help("Timestep bands of that check.", 4)
     min_relative_gap: float = _help("Warn when (shuffled - own condition loss) / own loss is below this: the "
                                     "generator ignores the tower, so feedback can only make it drift.", 0.01)
+    pairs: str = _help("A .jsonl of image pairs that differ in one attribute ({'image', 'pair_image', "
+                       "'attribute'} lines): at the start and the end of the run, the generator's loss under each "
+                       "image's own condition vs its partner's, per attribute (diagnosis_pairs.json): what the "
+                       "generator reads from the tower, so what feedback can teach. '' skips it.", "")
 
     def validate(self) -> None:
         if self.images < 0 or self.images == 1:

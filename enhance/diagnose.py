@@ -108,3 +108,79 @@ def format_table(result: dict) -> str:
     lines.append(f"{result['num_images']} images, seed {result['seed']}; lower loss is better; a gap near zero "
                  "means the generator ignores the tower's condition")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- per attribute, from image pairs
+def read_pairs(path) -> list[dict]:
+    """A pairs list: one {"image": a, "pair_image": b, "attribute": name} per line (paths relative to the
+    file's folder), where the two images differ only in `attribute` (an MMVP-style pair)."""
+    import json
+    from pathlib import Path
+
+    from enhance.data import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"diagnose.pairs={str(path)!r} does not exist; pass a .jsonl of "
+                        '{"image": a, "pair_image": b, "attribute": name} lines (or leave it empty)')
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append({"image": path.parent / row["image"], "pair_image": path.parent / row["pair_image"],
+                         "attribute": str(row["attribute"])})
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{path}:{lineno}: expected {{\"image\", \"pair_image\", \"attribute\"}} ({err})") from err
+    if not rows:
+        raise DataError(f"{path} holds no pairs")
+    return rows
+
+
+@torch.no_grad()
+def attribute_gap(method: Method, pairs: list[dict], *, seed: int = 0, device: torch.device | str = "cpu",
+                  batch_size: int = 16) -> dict:
+    """What the method's generator reads from the tower, per attribute: the loss of each image under
+    its own condition vs under the condition of its pair partner (the same scene with one attribute
+    changed), at the same noise and t. A relative gap near zero for an attribute means the generator
+    does not use that attribute of the condition, so feedback through it cannot teach it."""
+    from enhance.data import decode_image
+
+    device = torch.device(device)
+    low, high = method.timestep_range()
+    integer = isinstance(low, int) and isinstance(high, int)
+    sums: dict[str, list[float]] = {}
+    was_training = method.training
+    method.eval()
+    try:
+        dtype = next(method.parameters()).dtype
+
+        def prepared(images):
+            return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                    for k, v in method.preprocess(images).items()}
+
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            own_batch = prepared([decode_image(p["image"].read_bytes()) for p in chunk])
+            own_batch.update(method.encode_targets(own_batch))
+            partner = prepared([decode_image(p["pair_image"].read_bytes()) for p in chunk])
+            own_cond, partner_cond = method.encode_condition(own_batch), method.encode_condition(partner)
+            gen = torch.Generator().manual_seed(seed * 7919 + start)
+            t = _band_timesteps(low, high, 0, 1, len(chunk), gen, integer).to(device)
+            noise_seed = seed * 1_000_003 + start
+            own = method.denoising_loss(own_batch, own_cond, torch.Generator(device).manual_seed(noise_seed), t)
+            swapped = method.denoising_loss(own_batch, partner_cond, torch.Generator(device).manual_seed(noise_seed), t)
+            for p, lo, ls in zip(chunk, own.float().tolist(), swapped.float().tolist()):
+                acc = sums.setdefault(p["attribute"], [0.0, 0.0, 0])
+                acc[0] += lo
+                acc[1] += ls
+                acc[2] += 1
+    finally:
+        method.train(was_training)
+    out = {}
+    for attribute, (own_sum, swapped_sum, n) in sums.items():
+        own_mean, swapped_mean = own_sum / n, swapped_sum / n
+        out[attribute] = {"pairs": n, "loss_own": own_mean, "loss_partner": swapped_mean,
+                          "relative_gap": (swapped_mean - own_mean) / own_mean if own_mean else 0.0}
+    return {"method": method.name, "seed": seed, "t_range": [low, high], "attributes": out}

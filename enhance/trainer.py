@@ -142,6 +142,31 @@ class EnhanceTrainer(Trainer):
     def start_hook(self) -> None:
         if self.cfg.diagnose.images:
             self._diagnose_at_start()  # on the engine's module: the precision (and partitioning) it trains in
+        if self.cfg.diagnose.pairs and "start" not in self._pairs_diagnosis():
+            self._diagnose_pairs("start")
+
+    PAIRS_FILE = "diagnosis_pairs.json"
+
+    def _pairs_diagnosis(self) -> dict:
+        path = self.out / self.PAIRS_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _diagnose_pairs(self, when: str) -> dict:
+        """The per-attribute gap (enhance.diagnose.attribute_gap) at `when` (start | end), on every rank
+        (ZeRO-3 gathers on use); rank 0 records it."""
+        from enhance.diagnose import attribute_gap, read_pairs
+
+        result = attribute_gap(self.method, read_pairs(self.cfg.diagnose.pairs), seed=self.cfg.seed, device=self.device)
+        result["step"] = self.step
+        if distributed.is_main():
+            record = {**self._pairs_diagnosis(), when: result}
+            tmp = self.out / f".incomplete-{self.PAIRS_FILE}"
+            tmp.write_text(json.dumps(record, indent=2))
+            tmp.rename(self.out / self.PAIRS_FILE)
+            gaps = {a: round(v["relative_gap"], 4) for a, v in result["attributes"].items()}
+            logger.info("generator's use of each attribute at the %s (relative loss gap, own vs partner condition): %s",
+                        when, gaps)
+        return result
 
     def run_identity(self) -> dict:
         cfg = self.cfg
@@ -253,11 +278,13 @@ class EnhanceTrainer(Trainer):
                            bad, tried, self.tracker.report())
         self.tracker.check(tried, bad, final=True)
         final_metrics = self.history[-1] if self.history else {}
+        pairs = self._diagnose_pairs("end") if cfg.diagnose.pairs else None
         metadata = {
             "method": cfg.method_name, "base_tower": cfg.vision_tower, "generator": cfg.generator,
             "config": cfg.to_dict(), "feedback": asdict(cfg.feedback), "steps": self.step, "world_size": self.world,
             "final_metrics": final_metrics, "skipped_images": bad,
             "condition_gap_at_start": self.diagnosis,
+            "attribute_gap": {"start": self._pairs_diagnosis().get("start"), "end": pairs} if pairs else None,
             "generator_fingerprint": self.method.frozen_state_fingerprint(),
         }
         export = self.out / EXPORT_DIR

@@ -9,10 +9,11 @@ from llava_plugin.config import load_yaml_preset
 
 @pytest.fixture
 def paper_zoo(tmp_path):
-    """A zoo.json naming every zoo path a tiny preset refers to (no models needed to parse a config)."""
+    """A zoo.json naming every zoo path a tiny or world preset refers to (no models needed to parse a config)."""
     zoo = {"seed": 0, "root": str(tmp_path), "clip": str(tmp_path / "clip"), "sd21": str(tmp_path / "sd21"),
            "unclip": str(tmp_path / "unclip"), "vqgan": str(tmp_path / "vqgan"),
-           "data": {"scenes": str(tmp_path / "scenes")}}
+           "data": {"scenes": str(tmp_path / "scenes"), "enhance": str(tmp_path / "enhance" / "images.jsonl"),
+                    "pairs": str(tmp_path / "pairs" / "pairs.jsonl")}}
     (tmp_path / "zoo.json").write_text(json.dumps(zoo))
     return tmp_path
 
@@ -21,7 +22,12 @@ def _single_stage(name):
     return STAGES_KEY not in load_yaml_preset(PRESET_DIR, name)
 
 
-@pytest.mark.parametrize("name", [p for p in presets() if p != "base" and _single_stage(p)])
+def _shared_base(name):
+    """`base`, `world-base`: settings other presets inherit, with no method of their own."""
+    return _single_stage(name) and not load_yaml_preset(PRESET_DIR, name).get("method", {}).get("name")
+
+
+@pytest.mark.parametrize("name", [p for p in presets() if not _shared_base(p) and _single_stage(p)])
 def test_every_preset_parses_with_its_methods_config(name, paper_zoo):
     cfg = load_config(preset=name, zoo=str(paper_zoo))
     assert type(cfg.method_config()).__name__.endswith("Config")  # the method section is the method's own

@@ -50,7 +50,7 @@ def _single_stage(name):
     return STAGES_KEY not in load_yaml_preset(PRESET_DIR, name)
 
 
-PAPER_PRESETS = [p for p in presets() if p != "base" and not p.startswith("tiny-") and _single_stage(p)]
+PAPER_PRESETS = [p for p in presets() if p != "base" and not p.startswith(("tiny-", "world-")) and _single_stage(p)]
 BACKBONE_PRESETS = [p for p in PAPER_PRESETS if NAME.match(p)]
 
 

@@ -232,3 +232,41 @@ def test_data_workers_change_nothing(loop_zoo, tmp_path):
                      schedule={"max_steps": 2}, checkpointing={"every_steps": 0})).fit()  # cache read in workers
     assert [r["loss"] for r in read_metrics(tmp_path / "w2c")] == pytest.approx(
         [r["loss"] for r in read_metrics(tmp_path / "w0")], rel=1e-5)
+
+
+def test_pairs_diagnostic_reports_each_attribute_at_start_and_end(loop_zoo, tmp_path):
+    """diagnose.pairs: per attribute, the loss under each image's own condition vs its partner's. A pair of
+    identical images has no gap at all; the record lands in diagnosis_pairs.json and genfeedback.json."""
+    from PIL import Image
+
+    from llava_plugin.registry import read_metadata
+
+    images = sorted(loop_zoo.data["scenes"].rglob("*.jpg"))[:6]
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"image": str(images[0]), "pair_image": str(images[0]), "attribute": "same"},
+            {"image": str(images[1]), "pair_image": str(images[1]), "attribute": "same"}]
+    rows += [{"image": str(a), "pair_image": str(b), "attribute": "other"} for a, b in zip(images[2:4], images[4:6])]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert Image.open(images[0]).size  # real image files, read through the method's own preprocessing
+    cfg = tiny_cfg(loop_zoo, tmp_path / "run", schedule={"max_steps": 2}, checkpointing={"every_steps": 0},
+                   diagnose={"images": 0, "pairs": str(pairs)})
+    EnhanceTrainer(cfg).fit()
+    record = json.loads((tmp_path / "run" / "diagnosis_pairs.json").read_text())
+    assert set(record) == {"start", "end"} and record["end"]["step"] == 2
+    for when in ("start", "end"):
+        same, other = record[when]["attributes"]["same"], record[when]["attributes"]["other"]
+        assert same["pairs"] == 2 and other["pairs"] == 2
+        assert same["loss_own"] == pytest.approx(same["loss_partner"]) and same["relative_gap"] == pytest.approx(0)
+        assert other["loss_own"] != other["loss_partner"]
+    assert read_metadata(tmp_path / "run" / "vision_tower")["attribute_gap"]["end"] == record["end"]
+
+
+def test_pairs_diagnostic_names_a_bad_file(tmp_path):
+    from enhance.diagnose import read_pairs
+
+    with pytest.raises(DataError, match="does not exist"):
+        read_pairs(tmp_path / "missing.jsonl")
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"image": "a.png"}\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl:1: expected"):
+        read_pairs(bad)

@@ -40,6 +40,7 @@ class DataSpec:
     pool_size: int = _help("Scenes the world models pre-train on (drawn once per seed).", 20000)
     enhance_images: int = _help("Images (with sampled captions) of the enhance training set.", 4000)
     pairs_per_attribute: int = _help("Pairs per attribute in world MMVP-VLM (and the other pair benchmarks).", 50)
+    diagnostic_pairs: int = _help("Pairs per attribute of the generators' diagnostic set (diagnose.pairs).", 64)
     llava: dict[str, Any] = _help("Keyword arguments of world.benchmarks.write_llava_data.", factory=dict)
 
 
@@ -90,10 +91,31 @@ def build_language(out: Path, spec: WorldSpec, seed: int, deps: dict[str, Path])
 def build_data(out: Path, spec: WorldSpec, seed: int, deps: dict[str, Path]) -> dict:
     from world.benchmarks import write_benchmarks, write_llava_data
 
-    paths = {"enhance": write_enhance_data(out / "enhance", spec.data.enhance_images, spec.clip.p_mention, seed)}
+    paths = {"enhance": write_enhance_data(out / "enhance", spec.data.enhance_images, spec.clip.p_mention, seed),
+             "pairs": write_diagnostic_pairs(out / "pairs", spec.data.diagnostic_pairs, seed)}
     paths.update(write_benchmarks(out, seed=seed, pairs_per_attribute=spec.data.pairs_per_attribute))
     paths.update(write_llava_data(out, seed=seed, **spec.data.llava))
     return {"paths": {k: str(Path(v).relative_to(out)) for k, v in paths.items()}}
+
+
+def write_diagnostic_pairs(out: Path, per_attribute: int, seed: int) -> Path:
+    """`pairs.jsonl` for `enhance ... diagnose.pairs`: per attribute, scenes and their one-attribute
+    changes, from a seed no benchmark or training set uses."""
+    from world import scenes
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for attribute in scenes.ATTRIBUTES:
+        rng = random.Random(f"diagnostic-pairs-{seed}-{attribute}")
+        for i in range(per_attribute):
+            a, b = scenes.sample_pair(rng, attribute)
+            names = (f"images/{attribute}-{i:04d}-a.png", f"images/{attribute}-{i:04d}-b.png")
+            scenes.draw(a).save(out / names[0])
+            scenes.draw(b).save(out / names[1])
+            rows.append({"image": names[0], "pair_image": names[1], "attribute": attribute})
+    path = out / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def write_enhance_data(out: Path, n: int, p_mention: float, seed: int) -> Path:

@@ -5,8 +5,8 @@
   attributes, partly blind to the fine ones. Saved as an HF `CLIPModel` dir (openai/clip-* layout).
 - `train_vae`: an SD-layout `AutoencoderKL` (x4 downsampling: 32 px <-> 8x8x8 latents).
 - `train_text_to_image`: an SD-2.1-layout pipeline (UNet + the VAE + its own text encoder +
-  tokenizer + scheduler) trained on *full* captions, the toy counterpart of a text-to-image model
-  trained on rich captions. x0-prediction (`prediction_type: sample`): with epsilon-prediction a
+  tokenizer + scheduler) trained on rich captions (each fine attribute named half the time), the
+  toy counterpart of a text-to-image model trained on descriptive captions. x0-prediction (`prediction_type: sample`): with epsilon-prediction a
   small denoiser learns to ignore its condition.
 - `train_unclip`: a Stable-unCLIP-layout pipeline whose UNet is conditioned, through
   `class_labels`, on the world CLIP's own image embedding, as Stable unCLIP is on OpenCLIP's.
@@ -161,6 +161,10 @@ class DenoiserSpec(Steps):
     weight_decay: float = 0.01
     high_noise_fraction: float = 0.5  # this share of t values from the top 10%: where the condition matters most
     p_unconditional: float = 0.05  # text-to-image: captions replaced by the unconditional prompt
+    # text-to-image: each fine attribute named with this probability (colour and shape always), so the model
+    # also denoises from partial descriptions, as one trained on varied captions does; each attribute it is
+    # told then lowers its loss on its own, which is the signal feedback needs
+    p_fine_mention: float = 0.5
     p_noised: float = 0.5  # unCLIP: embeddings noise-augmented at a random level (else level 0)
 
 
@@ -317,8 +321,8 @@ def train_text_to_image(out: Path, pool: ScenePool, vae_dir: Path, spec: Denoise
 
     def step(_: int) -> torch.Tensor:
         idx = next(batches)
-        captions = [UNCONDITIONAL_PROMPT if rng.random() < spec.p_unconditional else pool.scenes[i].full_caption
-                    for i in idx]
+        captions = [UNCONDITIONAL_PROMPT if rng.random() < spec.p_unconditional
+                    else pool.scenes[i].caption(scenes.sample_mentions(rng, spec.p_fine_mention)) for i in idx]
         context = text_encoder(tokenize(tokenizer, captions)).last_hidden_state
         return _denoise_step(unet, scheduler, latents.scaled[idx], context, gen, spec)
 
