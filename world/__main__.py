@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="build the world, run every method and control over seeds, write the report")
     p.add_argument("--out", required=True, type=Path, help="study directory")
     p.add_argument("--preset", default="study", help="study recipe (world/configs): study | study-smoke")
-    p.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 (default: the recipe's)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="how many seeds: the recipe's first N (seeds after its last one if N is larger)")
     p.add_argument("--jobs", type=int, default=2, help="jobs run in parallel (one CPU thread each)")
     p = sub.add_parser("report", help="write OUT/report/world.md and plots from a study's finished runs")
     p.add_argument("--out", required=True, type=Path, help="study directory")
@@ -79,10 +80,12 @@ def _run(args) -> int:
         from world.report import write_report
         from world.study import load_study, run_study
 
-        overrides = {"seeds": list(range(args.seeds))} if args.seeds else {}
-        cfg = load_study(args.preset, overrides)
+        cfg = load_study(args.preset)
+        if args.seeds:
+            more = range(max(cfg.seeds) + 1, max(cfg.seeds) + 1 + args.seeds)
+            cfg.seeds = [*cfg.seeds, *more][: args.seeds]
         start = time.perf_counter()
-        status = run_study(cfg, args.out, parallel=args.jobs)
+        status = run_study(cfg, args.out, parallel=args.jobs, after_seed=lambda seed: write_report(args.out))
         failed = sorted(k for k, v in status.items() if v == "failed")
         report = write_report(args.out)
         print(f"world study: {len(status)} jobs in {time.perf_counter() - start:.0f}s; report: {report}")

@@ -42,7 +42,7 @@ def _latents(vae, items: list[scenes.Scene]) -> torch.Tensor:
     return vae.encode(pretrain.vae_pixels(_pixels(items))).latent_dist.mean * vae.config.scaling_factor
 
 
-def generator_sensitivity(text_to_image: Path, unclip: Path, clip: Path, n: int = 256,
+def generator_sensitivity(text_to_image: Path, unclip: Path, clip: Path, n: int = 128,
                           t_range: tuple[float, float] = (0.5, 1.0), seed: int = 0) -> dict:
     """{"text_to_image": {attribute: relative increase}, "unclip": {...}, "settings": ...}."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel

@@ -250,13 +250,21 @@ def _record(out: Path, name: str, status: str, seconds: float) -> None:
         f.write(json.dumps({"job": name, "status": status, "seconds": round(seconds, 1), "time": time.time()}) + "\n")
 
 
-def run_study(cfg: StudyConfig, out: Path, parallel: int = 2) -> dict[str, str]:
-    """Build every seed's world first (the later jobs' paths come from its zoo.json), then the rest."""
+def run_study(cfg: StudyConfig, out: Path, parallel: int = 2, after_seed=None) -> dict[str, str]:
+    """Seed after seed: build its world (the later jobs' paths come from its zoo.json), then its jobs, then
+    `after_seed(seed)` (the CLI rewrites the report), so a long study has a report after every seed."""
+    import dataclasses
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    builds = [j for j in plan_builds(cfg, out, parallel)]
-    status = run_jobs(builds, out, parallel=1, desc="world build")
-    if any(v == "failed" for v in status.values()):
-        return status
-    status.update(run_jobs(plan(cfg, out), out, parallel=parallel))
+    status: dict[str, str] = {}
+    for seed in cfg.seeds:
+        one = dataclasses.replace(cfg, seeds=[seed])
+        built = run_jobs(plan_builds(one, out, parallel), out, parallel=1, desc=f"world build, seed {seed}")
+        status.update(built)
+        if any(v == "failed" for v in built.values()):
+            continue
+        status.update(run_jobs(plan(one, out), out, parallel=parallel, desc=f"world study, seed {seed}"))
+        if after_seed is not None:
+            after_seed(seed)
     return status
