@@ -92,6 +92,11 @@ def collect(out: Path) -> dict:
             if data_dir and (metrics.parent / "predictions.jsonl").is_file():
                 for attribute, acc in attribute_accuracy(metrics.parent, data_dir).items():
                     put(f"{bench}/{attribute}", tower, seed, acc["question_accuracy"])
+        for diagnosis in sorted((root / "towers").glob("*/diagnosis_pairs.json")):
+            data = _read(diagnosis) or {}
+            for when in ("start", "end"):
+                for attribute, value in ((data.get(when) or {}).get("attributes") or {}).items():
+                    put(f"method_gap_{when}/{attribute}", diagnosis.parent.name, seed, 100 * value["relative_gap"])
         sens = _read(out / "world" / f"seed-{seed}" / "sensitivity.json")
         for generator, values in (sens or {}).items():
             if generator == "settings":
@@ -207,6 +212,27 @@ def sensitivity_section(data: dict) -> str:
             "feedback from it cannot teach that attribute.\n\n" + _table(["generator", *scenes.ATTRIBUTES], rows))
 
 
+def method_gap_section(data: dict) -> str:
+    """enhance's diagnose.pairs at the start and end of each run: what the method's generator reads from
+    the tower's condition, per attribute (a pair partner's condition instead of the image's own)."""
+    table = data["table"]
+    runs = sorted({r for k in table if k.startswith("method_gap_") for r in table[k]})
+    rows = []
+    for run in runs:
+        for when in ("start", "end"):
+            cells = [_fmt(*mean_se(list(table.get(f"method_gap_{when}/{a}", {}).get(run, {}).values())))
+                     for a in scenes.ATTRIBUTES]
+            if any(c != "-" for c in cells):
+                rows.append([run, when, *cells])
+    if not rows:
+        return "No run recorded diagnose.pairs."
+    return ("Relative loss increase (%) when each image is denoised under the condition of its one-attribute "
+            "partner instead of its own, through the method itself (tower, projector or light generator): "
+            "`diagnose.pairs` at the start and the end of each run. It shows what the method's generator reads "
+            "from the tower, so what the feedback can teach.\n\n"
+            + _table(["run", "when", *scenes.ATTRIBUTES], rows))
+
+
 def downstream_section(data: dict) -> str:
     table = data["table"]
     metrics = sorted(k for k in table if k.split("/")[0] in ("mmvp", "cv-bench"))
@@ -284,6 +310,7 @@ def write_report(out: Path) -> Path:
         f"Seeds: {data['seeds']} (each seeds the world's CLIP and generators, the enhance runs and the LLaVA runs). "
         f"Study recipe: `{out / 'study.json'}`. Job time (sum over jobs run in this directory): {seconds:.0f} s.",
         "## What the generators use\n\n" + sensitivity_section(data),
+        "### Through each method\n\n" + method_gap_section(data),
         "## The towers\n\n" + tower_section(data),
         "## Effects\n\n" + effects,
         "## Downstream: LLaVA on the world\n\n" + downstream_section(data),
