@@ -31,10 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="linear probes, pair cosine and zero-shot of a tower on world scenes")
     p.add_argument("--vision-tower", required=True, help="a CLIPModel dir (the world CLIP or an enhance export)")
     p.add_argument("--output", required=True, type=Path, help="JSON file to write")
+    p.add_argument("--n-train", type=int, default=2000, help="scenes the probes are fit on")
+    p.add_argument("--n-test", type=int, default=1000, help="held-out scenes the probes and zero-shot are scored on")
+    p.add_argument("--n-pairs", type=int, default=300, help="one-attribute pairs per attribute (pair cosine)")
     p = sub.add_parser("sensitivity", help="per attribute: how much a world generator's loss rises when its "
                                            "condition has that attribute wrong")
     p.add_argument("--zoo", required=True, type=Path, help="a world seed directory (WORLD/seed-K)")
     p.add_argument("--output", required=True, type=Path, help="JSON file to write")
+    p.add_argument("--n", type=int, default=128, help="scenes per attribute")
     p = sub.add_parser("study", help="build the world, run every method and control over seeds, write the report")
     p.add_argument("--out", required=True, type=Path, help="study directory")
     p.add_argument("--preset", default="study", help="study recipe (world/configs): study | study-smoke")
@@ -64,7 +68,10 @@ def _run(args) -> int:
     if args.command == "probe":
         from world.probe import tower_report
 
-        result = tower_report(args.vision_tower)
+        from world.probe import ProbeSets
+
+        result = tower_report(args.vision_tower, ProbeSets(n_train=args.n_train, n_test=args.n_test,
+                                                           n_pairs=args.n_pairs))
         _write_json(args.output, result)
         print(json.dumps({k: result[k] for k in ("probe", "zero_shot")}))
         return 0
@@ -72,7 +79,7 @@ def _run(args) -> int:
         from world.sensitivity import generator_sensitivity
 
         zoo = json.loads((args.zoo / "zoo.json").read_text())
-        result = generator_sensitivity(Path(zoo["sd21"]), Path(zoo["unclip"]), Path(zoo["clip"]))
+        result = generator_sensitivity(Path(zoo["sd21"]), Path(zoo["unclip"]), Path(zoo["clip"]), n=args.n)
         _write_json(args.output, result)
         print(json.dumps(result))
         return 0

@@ -63,6 +63,8 @@ class StudyConfig:
                                     factory=dict)
     llava: dict[str, Any] = _help("LLaVA presets and extra --set values: pretrain, finetune, set.", factory=dict)
     mmvp_vlm: dict[str, Any] = _help("Extra flags of `eval mmvp-vlm` for the world set.", factory=dict)
+    probe: dict[str, Any] = _help("Extra flags of `world probe` (n-train, n-test, n-pairs).", factory=dict)
+    sensitivity: dict[str, Any] = _help("Extra flags of `world sensitivity` (n).", factory=dict)
 
     def validate(self) -> None:
         self.methods = {name: r if isinstance(r, MethodRecipe) else from_dict(MethodRecipe, r, f"methods.{name}.")
@@ -99,8 +101,8 @@ def _sets(overrides: dict[str, Any]) -> list[str]:
     return out
 
 
-def tower_names(cfg: StudyConfig) -> list[str]:
-    return [BASE] + [f"{m}-{v}" for m in cfg.methods for v in cfg.variants]
+def _flags(options: dict[str, Any]) -> list[str]:
+    return [str(x) for key, value in options.items() for x in (f"--{key}", value)]
 
 
 def plan_builds(cfg: StudyConfig, out: Path, jobs_per_build: int = 2) -> list[Job]:
@@ -124,7 +126,8 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
         common = ["--zoo", str(zoo), *_sets({"seed": seed, "data.seed": seed, **cfg.enhance})]
         sensitivity = world / f"seed-{seed}" / "sensitivity.json"
         jobs.append(Job(f"sensitivity/seed-{seed}", _py("world", "sensitivity", "--zoo", str(zoo), "--output",
-                                                        str(sensitivity)), sensitivity, [build]))
+                                                        str(sensitivity), *_flags(cfg.sensitivity)), sensitivity,
+                        [build]))
         for method, recipe in cfg.methods.items():
             generator: list[str] = []
             deps = [build]
@@ -145,9 +148,9 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
         for tower, (path, dep) in towers.items():
             probe = root / "probe" / f"{tower}.json"
             jobs.append(Job(f"probe/seed-{seed}/{tower}", _py("world", "probe", "--vision-tower", str(path),
-                                                              "--output", str(probe)), probe, [dep]))
+                                                              "--output", str(probe), *_flags(cfg.probe)), probe, [dep]))
             result = root / "mmvp_vlm" / tower
-            flags = [str(x) for kv in cfg.mmvp_vlm.items() for x in (f"--{kv[0]}", kv[1])]
+            flags = _flags(cfg.mmvp_vlm)
             jobs.append(Job(f"mmvp_vlm/seed-{seed}/{tower}",
                             _py("eval", "mmvp-vlm", "--vision-tower", str(path), "--data",
                                 str(_zoo_data(zoo, "mmvp_vlm")), "--output", str(result), *flags),
