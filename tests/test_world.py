@@ -77,7 +77,8 @@ def test_world_study_smoke_end_to_end(tmp_path):
         assert heading in report
     assert "diva-feedback − diva-control" in report
     assert "(n=1: no verdict)" in report  # one seed never yields a verdict
-    assert (out / "report" / "probe.png").is_file() and (out / "report" / "mmvp_vlm.png").is_file()
+    for plot in ("probe.png", "mmvp_vlm.png", "effects.png", "sensitivity.png"):
+        assert (out / "report" / plot).is_file(), plot
     # a rerun reuses every finished job
     again = subprocess.run([sys.executable, "-m", "world", "study", "--preset", "study-smoke", "--out", str(out)],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -294,6 +294,51 @@ def plot(data: dict, out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)
+    # the paired differences: feedback - control per method and attribute, for both readings
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
+    for ax, family in zip(axes[0], ("probe", "mmvp_vlm")):
+        width = 0.8 / max(1, len(methods))
+        for k, method in enumerate(methods):
+            ms, ses = [], []
+            for attribute in scenes.ATTRIBUTES:
+                metric = table.get(f"{family}/{attribute}", {})
+                m, se, _ = paired(metric.get(f"{method}-feedback", {}), metric.get(f"{method}-control", {}))
+                ms.append(m)
+                ses.append(0 if math.isnan(se) else se)
+            xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(scenes.ATTRIBUTES))]
+            ax.bar(xs, ms, width, yerr=ses, capsize=2, label=method)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(scenes.ATTRIBUTES)), scenes.ATTRIBUTES, fontsize=8)
+        ax.set_title(f"{family}: feedback − matched control (points)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"paired differences, mean ± SE over {len(data['seeds'])} seed(s)", fontsize=9)
+    fig.tight_layout()
+    path = out_dir / "effects.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths.append(path)
+    # what the generators use
+    generators = sorted({g for key, per in table.items() if key.startswith("sensitivity/") for g in per})
+    if generators:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        width = 0.8 / len(generators)
+        for k, generator in enumerate(generators):
+            ms, ses = [], []
+            for attribute in scenes.ATTRIBUTES:
+                m, se, _ = mean_se(list(table.get(f"sensitivity/{attribute}", {}).get(generator, {}).values()))
+                ms.append(m)
+                ses.append(0 if math.isnan(se) else se)
+            xs = [i + (k - (len(generators) - 1) / 2) * width for i in range(len(scenes.ATTRIBUTES))]
+            ax.bar(xs, ms, width, yerr=ses, capsize=2, label=generator)
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_xticks(range(len(scenes.ATTRIBUTES)), scenes.ATTRIBUTES, fontsize=8)
+        ax.set_ylabel("loss increase when corrupted (%)", fontsize=8)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / "sensitivity.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
     return paths
 
 
@@ -314,7 +359,8 @@ def write_report(out: Path) -> Path:
         "## The towers\n\n" + tower_section(data),
         "## Effects\n\n" + effects,
         "## Downstream: LLaVA on the world\n\n" + downstream_section(data),
-        "Plots: `probe.png`, `mmvp_vlm.png` (fine attributes; error bars are SE over seeds).",
+        "Plots: `probe.png`, `mmvp_vlm.png` (fine attributes per tower), `effects.png` (feedback − control per "
+        "attribute), `sensitivity.png` (what the generators use); error bars are SE over seeds.",
     ]) + "\n"
     (report / "world.md").write_text(text)
     (report / "world.json").write_text(json.dumps({"seeds": data["seeds"], "table": data["table"],
