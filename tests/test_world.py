@@ -84,3 +84,30 @@ def test_world_study_smoke_end_to_end(tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
     assert len((out / "jobs.jsonl").read_text().splitlines()) == len(jobs)  # nothing ran again
+
+
+def test_job_graph_runs_in_dependency_order_reuses_and_skips_after_failure(tmp_path):
+    """The study's runner: a job starts after its dependencies, a finished job (its `done` file) is reused,
+    and a failure names its log and skips what depends on it, while independent jobs still run."""
+    from world.study import Job, run_jobs
+
+    def touch(path, *, fail=False, after=None):
+        code = (f"import pathlib, sys; assert {after is None} or pathlib.Path({str(after)!r}).exists(); "
+                f"pathlib.Path({str(path)!r}).write_text('ok'); sys.exit({int(fail)})")
+        return [sys.executable, "-c", code]
+
+    a, b, c, d, e = (tmp_path / n for n in "abcde")
+    e.write_text("already there")
+    jobs = [
+        Job("b", touch(b, after=a), b, ["a"]),
+        Job("a", touch(a), a),
+        Job("c", touch(c, fail=True), c),
+        Job("d", touch(d), d, ["c"]),
+        Job("e", touch(e), e),
+    ]
+    status = run_jobs(jobs, tmp_path / "study", parallel=2, desc="test")
+    assert status == {"a": "done", "b": "done", "c": "failed", "d": "skipped", "e": "reused"}
+    assert not d.exists() and e.read_text() == "already there"
+    rows = [json.loads(line) for line in (tmp_path / "study" / "jobs.jsonl").read_text().splitlines()]
+    assert sorted(r["job"] for r in rows) == ["a", "b", "c"]
+    assert (tmp_path / "study" / "logs" / "c.log").read_text().startswith("$ ")
