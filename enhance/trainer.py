@@ -102,7 +102,8 @@ class EnhanceTrainer(Trainer):
         # DeepSpeed puts only registered parameters in bf16; the frozen generator takes the run's
         # precision here (so cached and uncached targets are computed identically).
         for module in self.method.frozen.values():
-            module.to(self.dtype)
+            if any(p.dtype != self.dtype for p in module.parameters() if p.is_floating_point()):
+                module.to(self.dtype)  # (a no-op cast would still make diffusers warn about fp32 modules)
         self.order = StreamOrder(len(self.source), cfg.batch.micro_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
         self.tracker = BadImageTracker(cfg.data.max_bad_fraction, cfg.data.bad_check_after)
