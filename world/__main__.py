@@ -66,9 +66,7 @@ def _run(args) -> int:
         print(f"world seed {args.seed} ready in {time.perf_counter() - start:.0f}s: --zoo {world.zoo}")
         return 0
     if args.command == "probe":
-        from world.probe import tower_report
-
-        from world.probe import ProbeSets
+        from world.probe import ProbeSets, tower_report
 
         result = tower_report(args.vision_tower, ProbeSets(n_train=args.n_train, n_test=args.n_test,
                                                            n_pairs=args.n_pairs))

@@ -181,14 +181,14 @@ def train_clip(out: Path, pool: ScenePool, spec: ClipSpec, seed: int) -> dict:
     torch.manual_seed(seed)
     tokenizer = clip_bpe_tokenizer()
     config = CLIPConfig(
-        vision_config=dict(hidden_size=spec.width, intermediate_size=4 * spec.width, num_hidden_layers=spec.layers,
-                           num_attention_heads=spec.heads, image_size=scenes.SIZE, patch_size=spec.patch,
-                           hidden_act="quick_gelu", projection_dim=spec.projection_dim),
-        text_config=dict(hidden_size=spec.text_width, intermediate_size=4 * spec.text_width,
-                         num_hidden_layers=spec.text_layers, num_attention_heads=spec.heads,
-                         max_position_embeddings=PROMPT_LENGTH, vocab_size=len(tokenizer), hidden_act="quick_gelu",
-                         projection_dim=spec.projection_dim, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config={"hidden_size": spec.width, "intermediate_size": 4 * spec.width, "num_hidden_layers": spec.layers,
+                           "num_attention_heads": spec.heads, "image_size": scenes.SIZE, "patch_size": spec.patch,
+                           "hidden_act": "quick_gelu", "projection_dim": spec.projection_dim},
+        text_config={"hidden_size": spec.text_width, "intermediate_size": 4 * spec.text_width,
+                         "num_hidden_layers": spec.text_layers, "num_attention_heads": spec.heads,
+                         "max_position_embeddings": PROMPT_LENGTH, "vocab_size": len(tokenizer), "hidden_act": "quick_gelu",
+                         "projection_dim": spec.projection_dim, "bos_token_id": tokenizer.bos_token_id,
+                         "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
         projection_dim=spec.projection_dim,
     )
     model = CLIPModel(config).train()
@@ -216,10 +216,10 @@ def train_clip(out: Path, pool: ScenePool, spec: ClipSpec, seed: int) -> dict:
 
 # ---------------------------------------------------------------- VAE
 LATENT_CHANNELS = 8
-VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, layers_per_block=1,
-                  block_out_channels=(16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
-                  up_block_types=("UpDecoderBlock2D",) * 3,
-                  norm_num_groups=8, sample_size=scenes.SIZE, mid_block_add_attention=False)
+VAE_CONFIG = {"in_channels": 3, "out_channels": 3, "latent_channels": LATENT_CHANNELS, "layers_per_block": 1,
+                  "block_out_channels": (16, 32, 32), "down_block_types": ("DownEncoderBlock2D",) * 3,
+                  "up_block_types": ("UpDecoderBlock2D",) * 3,
+                  "norm_num_groups": 8, "sample_size": scenes.SIZE, "mid_block_add_attention": False}
 
 
 def train_vae(out: Path, pool: ScenePool, spec: VaeSpec, seed: int) -> dict:
@@ -253,8 +253,8 @@ def unet_config(cross_attention_dim: int, **extra) -> dict:
                 attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=8, **extra)
 
 
-SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 clip_sample=False, prediction_type="sample")
+SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                 "clip_sample": False, "prediction_type": "sample"}
 # what the pipelines ship for sampling (SD-2.1's DDIM settings); training reads the same betas as DDPM
 SAMPLER = dict(SCHEDULER, set_alpha_to_one=False, steps_offset=1)
 
@@ -305,7 +305,13 @@ def sd_tokenizer():
 
 def train_text_to_image(out: Path, pool: ScenePool, vae_dir: Path, spec: DenoiserSpec, seed: int) -> dict:
     """An SD-2.1-layout pipeline trained on full captions (x0-prediction)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPImageProcessor
 
     torch.manual_seed(seed)
@@ -337,8 +343,8 @@ def train_text_to_image(out: Path, pool: ScenePool, vae_dir: Path, spec: Denoise
     return {"final_loss": tail, "spec": asdict(spec)}
 
 
-UNCLIP_NOISING = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
-                      clip_sample=True)
+UNCLIP_NOISING = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon",
+                      "clip_sample": True}
 
 
 def train_unclip(out: Path, pool: ScenePool, vae_dir: Path, clip_dir: Path, text_to_image_dir: Path,
@@ -347,9 +353,17 @@ def train_unclip(out: Path, pool: ScenePool, vae_dir: Path, clip_dir: Path, text
     noise-augmented at a random level for `p_noised` of the samples, else level 0) through
     `class_labels`, with the empty prompt as context, as un2CLIP runs it. The text encoder and
     tokenizer are the text-to-image model's (frozen; only the empty prompt is ever encoded)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableUnCLIPImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
     from diffusers.models.embeddings import get_timestep_embedding
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTextModel, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)

@@ -352,15 +352,15 @@ def write_report(out: Path) -> Path:
     seconds = sum(j["seconds"] for j in jobs if j["status"] == "done")
     text = "\n\n".join([
         "# The shapes world: does generative feedback make the tower see better?",
-        f"Seeds: {data['seeds']} (each seeds the world's CLIP and generators, the enhance runs and the LLaVA runs). "
-        f"Study recipe: `{out / 'study.json'}`. Job time (sum over jobs run in this directory): {seconds:.0f} s.",
+        (f"Seeds: {data['seeds']} (each seeds the world's CLIP and generators, the enhance runs and the LLaVA runs). "
+         f"Study recipe: `{out / 'study.json'}`. Job time (sum over jobs run in this directory): {seconds:.0f} s."),
         "## What the generators use\n\n" + sensitivity_section(data),
         "### Through each method\n\n" + method_gap_section(data),
         "## The towers\n\n" + tower_section(data),
         "## Effects\n\n" + effects,
         "## Downstream: LLaVA on the world\n\n" + downstream_section(data),
-        "Plots: `probe.png`, `mmvp_vlm.png` (fine attributes per tower), `effects.png` (feedback − control per "
-        "attribute), `sensitivity.png` (what the generators use); error bars are SE over seeds.",
+        ("Plots: `probe.png`, `mmvp_vlm.png` (fine attributes per tower), `effects.png` (feedback − control per "
+         "attribute), `sensitivity.png` (what the generators use); error bars are SE over seeds."),
     ]) + "\n"
     (report / "world.md").write_text(text)
     (report / "world.json").write_text(json.dumps({"seeds": data["seeds"], "table": data["table"],
