@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("llava_plugin", "enhance", "mllm_train", "eval")
+PACKAGES = ("llava_plugin", "enhance", "mllm_train", "eval", "world")
 DATA_SUFFIXES = (".yaml", ".json")
 
 
