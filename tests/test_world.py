@@ -111,3 +111,22 @@ def test_job_graph_runs_in_dependency_order_reuses_and_skips_after_failure(tmp_p
     rows = [json.loads(line) for line in (tmp_path / "study" / "jobs.jsonl").read_text().splitlines()]
     assert sorted(r["job"] for r in rows) == ["a", "b", "c"]
     assert (tmp_path / "study" / "logs" / "c.log").read_text().startswith("$ ")
+
+
+def test_jobs_run_as_their_own_process_groups_and_failures_name_their_error(tmp_path, monkeypatch, capsys):
+    """A study launched from a process that already joined a group (a test session that ran a trainer
+    in-process) must not hand its rendezvous to the jobs: every trainer would try to bind that one port.
+    A failed job's message carries its log's last line, the error itself."""
+    from world.study import Job, run_jobs
+
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    done = tmp_path / "clean"
+    code = (f"import os, pathlib, sys; leaked = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_PORT') if k in os.environ]; "
+            f"sys.exit('inherited ' + ' '.join(leaked)) if leaked else pathlib.Path({str(done)!r}).write_text('ok')")
+    fails = [sys.executable, "-c", "import sys; print('working'); sys.exit('bad flag --x: use --y')"]
+    status = run_jobs([Job("clean", [sys.executable, "-c", code], done), Job("fails", fails, tmp_path / "never")],
+                      tmp_path / "study", parallel=2, desc="test")
+    assert status == {"clean": "done", "fails": "failed"}
+    assert "fails failed (exit 1): bad flag --x: use --y; its log:" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from llava_plugin.config import ConfigError, deep_merge, from_dict, load_yaml_preset, to_dict
 from llava_plugin.config import documented as _help
+from llava_plugin.distributed import child_environment
 
 logger = logging.getLogger("world")
 PRESET_DIR = Path(str(resources.files("world") / "configs"))
@@ -207,7 +208,9 @@ def run_jobs(jobs: list[Job], out: Path, parallel: int = 2, desc: str = "world s
     by_name = {j.name: j for j in jobs}
     waiting = list(jobs)
     running: dict[str, tuple[subprocess.Popen, float, Any, Path]] = {}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+    # each job is its own process group: a rendezvous this process inherited (e.g. a test session that
+    # ran a trainer in-process) would make every job try to bind or join that one group
+    env = {**child_environment(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     ready = ("reused", "done")
     with tqdm(total=len(jobs), desc=desc, unit="job") as bar:
@@ -242,10 +245,18 @@ def run_jobs(jobs: list[Job], out: Path, parallel: int = 2, desc: str = "world s
                 status[name] = "done" if ok else "failed"
                 _record(out, name, status[name], time.perf_counter() - start)
                 if not ok:
-                    tqdm.write(f"world study: {name} failed (exit {proc.returncode}); its log: {log_path}")
+                    tqdm.write(f"world study: {name} failed (exit {proc.returncode}): {_last_line(log_path)}; "
+                               f"its log: {log_path}", file=sys.stderr)
                 bar.update(1)
             time.sleep(0.2)
     return status
+
+
+def _last_line(log_path: Path) -> str:
+    """The log's last non-blank line without progress-bar redraws: a CLI's one-line error, or a traceback's last line."""
+    lines = [ln.rsplit("\r", 1)[-1].strip() for ln in log_path.read_text(errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln]
+    return lines[-1] if lines else "(empty log)"
 
 
 def _record(out: Path, name: str, status: str, seconds: float) -> None:
