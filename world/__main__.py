@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None,
                    help="how many seeds: the recipe's first N (seeds after its last one if N is larger)")
     p.add_argument("--jobs", type=int, default=2, help="jobs run in parallel (one CPU thread each)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set downstream=[] for the tower-level study alone "
+                        "(repeatable; the values that ran are in OUT/study.json)")
     p = sub.add_parser("report", help="write OUT/report/world.md and plots from a study's finished runs")
     p.add_argument("--out", required=True, type=Path, help="study directory")
     return parser
@@ -85,7 +88,9 @@ def _run(args) -> int:
         from world.report import write_report
         from world.study import load_study, run_study
 
-        cfg = load_study(args.preset)
+        from llava_plugin.config import parse_overrides
+
+        cfg = load_study(args.preset, parse_overrides(args.set))
         if args.seeds:
             more = range(max(cfg.seeds) + 1, max(cfg.seeds) + 1 + args.seeds)
             cfg.seeds = [*cfg.seeds, *more][: args.seeds]
