@@ -2,7 +2,7 @@
 
 The recipe is data (world/configs/study*.yaml): which enhance presets each method runs, which
 controls, which towers go downstream into LLaVA, and the commands' settings. This module turns it
-into a graph of jobs, each one CLI call (`python -m world build`, `python -m enhance train`,
+into a graph of jobs (llava_plugin.jobs), each one CLI call (`python -m world build`, `python -m enhance train`,
 `python -m world probe`, `python -m eval ...`, `python -m mllm_train ...`), and runs the graph
 `jobs` at a time, one CPU thread per job. Stages meet only through files, as everywhere in the
 toolkit. A job whose output already exists (its `done` file) is reused, so an interrupted study
@@ -21,20 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from llava_plugin import jobs as jobs_module
 from llava_plugin.config import ConfigError, deep_merge, from_dict, load_yaml_preset, to_dict
 from llava_plugin.config import documented as _help
-from llava_plugin.distributed import child_environment
+from llava_plugin.jobs import Job, python_module
 
 logger = logging.getLogger("world")
 PRESET_DIR = Path(str(resources.files("world") / "configs"))
@@ -83,16 +78,8 @@ def load_study(preset: str = "study", overrides: dict | None = None) -> StudyCon
 
 
 # ---------------------------------------------------------------- jobs
-@dataclass
-class Job:
-    name: str
-    argv: list[str]
-    done: Path  # exists when the job has finished (written last by the command itself)
-    deps: list[str] = field(default_factory=list)
-
-
 def _py(*args: str) -> list[str]:
-    return [sys.executable, "-m", *args]
+    return python_module(*args)
 
 
 def _sets(overrides: dict[str, Any]) -> list[str]:
@@ -201,67 +188,8 @@ def _zoo_data(zoo: Path, key: str) -> Path:
 
 # ---------------------------------------------------------------- running
 def run_jobs(jobs: list[Job], out: Path, parallel: int = 2, desc: str = "world study") -> dict[str, str]:
-    """Run the graph, `parallel` jobs at a time; returns job -> reused | done | failed | skipped."""
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    status: dict[str, str] = {}
-    by_name = {j.name: j for j in jobs}
-    waiting = list(jobs)
-    running: dict[str, tuple[subprocess.Popen, float, Any, Path]] = {}
-    # each job is its own process group: a rendezvous this process inherited (e.g. a test session that
-    # ran a trainer in-process) would make every job try to bind or join that one group
-    env = {**child_environment(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    ready = ("reused", "done")
-    with tqdm(total=len(jobs), desc=desc, unit="job") as bar:
-        while waiting or running:
-            for job in list(waiting):
-                if any(status.get(d) in ("failed", "skipped") for d in job.deps):
-                    status[job.name] = "skipped"
-                elif not all(status.get(d) in ready for d in job.deps):
-                    continue
-                elif job.done.exists():
-                    status[job.name] = "reused"
-                elif len(running) < parallel:
-                    log_path = logs / (job.name.replace("/", "__") + ".log")
-                    log = log_path.open("w")
-                    log.write("$ " + " ".join(job.argv) + "\n")
-                    log.flush()
-                    proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-                    running[job.name] = (proc, time.perf_counter(), log, log_path)
-                    waiting.remove(job)
-                    bar.set_postfix_str(job.name)
-                    continue
-                else:
-                    continue
-                waiting.remove(job)
-                bar.update(1)
-            for name, (proc, start, log, log_path) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[name]
-                ok = proc.returncode == 0 and by_name[name].done.exists()
-                status[name] = "done" if ok else "failed"
-                _record(out, name, status[name], time.perf_counter() - start)
-                if not ok:
-                    tqdm.write(f"world study: {name} failed (exit {proc.returncode}): {_last_line(log_path)}; "
-                               f"its log: {log_path}", file=sys.stderr)
-                bar.update(1)
-            time.sleep(0.2)
-    return status
-
-
-def _last_line(log_path: Path) -> str:
-    """The log's last non-blank line without progress-bar redraws: a CLI's one-line error, or a traceback's last line."""
-    lines = [ln.rsplit("\r", 1)[-1].strip() for ln in log_path.read_text(errors="replace").splitlines()]
-    lines = [ln for ln in lines if ln]
-    return lines[-1] if lines else "(empty log)"
-
-
-def _record(out: Path, name: str, status: str, seconds: float) -> None:
-    with (out / "jobs.jsonl").open("a") as f:
-        f.write(json.dumps({"job": name, "status": status, "seconds": round(seconds, 1), "time": time.time()}) + "\n")
+    """The graph, `parallel` jobs at a time, one CPU thread each (llava_plugin.jobs)."""
+    return jobs_module.run_jobs(jobs, out, parallel=parallel, desc=desc, threads=1)
 
 
 def run_study(cfg: StudyConfig, out: Path, parallel: int = 2, after_seed=None) -> dict[str, str]:
