@@ -24,6 +24,7 @@ from llava_plugin.config import (
     help_text,
     list_presets,
     load_yaml_preset,
+    resolve_zoo_refs,
     to_dict,
 )
 from llava_plugin.config import documented as _help
@@ -137,9 +138,6 @@ class EnhanceConfig(RunConfig):
         return to_dict(self)
 
 
-ZOO_PREFIX = "zoo:"
-
-
 def load_config(preset: str | None = None, config_file: str | None = None,
                 overrides: dict[str, Any] | None = None, zoo: str | None = None) -> EnhanceConfig:
     """Preset (by name or path) <- config file <- overrides, each a (nested) dict, then validate.
@@ -154,30 +152,6 @@ def load_config(preset: str | None = None, config_file: str | None = None,
         data = deep_merge(data, load_yaml_preset(PRESET_DIR, config_file))
     data = deep_merge(data, overrides or {})
     return from_dict(EnhanceConfig, resolve_zoo_refs(data, zoo))
-
-
-def resolve_zoo_refs(data, zoo: str | None, key: str = ""):
-    if isinstance(data, dict):
-        return {k: resolve_zoo_refs(v, zoo, f"{key}{k}.") for k, v in data.items()}
-    if not (isinstance(data, str) and data.startswith(ZOO_PREFIX)):
-        return data
-    where = key.rstrip(".")
-    if not zoo:
-        raise ConfigError(f"{where}={data!r} refers to the tiny zoo: pass --zoo DIR (built by "
-                          "`python -m llava_plugin.toy --out DIR`) or give a real path")
-    from llava_plugin.toy import load_zoo
-
-    loaded = load_zoo(zoo)
-    name = data[len(ZOO_PREFIX):]
-    if name.startswith("data/"):
-        value = loaded.data.get(name[len("data/"):])
-    else:
-        value = getattr(loaded, name, None)
-    if value is None:
-        raise ConfigError(f"{where}={data!r}: the zoo at {zoo} has no {name!r} (was its part built?); "
-                          f"it has {sorted(k for k, v in vars(loaded).items() if v)} and data "
-                          f"{sorted(loaded.data)}")
-    return str(value)
 
 
 STAGES_KEY = "stages"

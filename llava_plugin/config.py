@@ -185,3 +185,32 @@ def help_text(cls, prefix: str = "") -> list[str]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
         lines.append(f"{prefix}{f.name} (default {default!r}): {f.metadata.get('help', '')}")
     return lines
+
+
+ZOO_PREFIX = "zoo:"
+
+
+def resolve_zoo_refs(data, zoo: str | None, key: str = ""):
+    """String values `zoo:NAME` (the tiny and world presets use them) become paths of the zoo at `zoo`
+    (its zoo.json): `zoo:clip` -> zoo.clip, `zoo:data/scenes` -> zoo.data["scenes"]."""
+    if isinstance(data, dict):
+        return {k: resolve_zoo_refs(v, zoo, f"{key}{k}.") for k, v in data.items()}
+    if not (isinstance(data, str) and data.startswith(ZOO_PREFIX)):
+        return data
+    where = key.rstrip(".")
+    if not zoo:
+        raise ConfigError(f"{where}={data!r} refers to the tiny zoo: pass --zoo DIR (built by "
+                          "`python -m llava_plugin.toy --out DIR`) or give a real path")
+    from llava_plugin.toy import load_zoo
+
+    loaded = load_zoo(zoo)
+    name = data[len(ZOO_PREFIX):]
+    if name.startswith("data/"):
+        value = loaded.data.get(name[len("data/"):])
+    else:
+        value = getattr(loaded, name, None)
+    if value is None:
+        raise ConfigError(f"{where}={data!r}: the zoo at {zoo} has no {name!r} (was its part built?); "
+                          f"it has {sorted(k for k, v in vars(loaded).items() if v)} and data "
+                          f"{sorted(loaded.data)}")
+    return str(value)

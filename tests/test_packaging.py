@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("llava_plugin", "enhance", "mllm_train", "eval", "world")
+PACKAGES = ("llava_plugin", "enhance", "mllm_train", "eval", "world", "genfeedback")
 DATA_SUFFIXES = (".yaml", ".json")
 
 

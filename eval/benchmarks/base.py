@@ -72,6 +72,7 @@ class Benchmark:
     command: ClassVar[str] = ""  # the `python -m eval` subcommand; default: `name` with '-' for '_'
     help: ClassVar[str] = ""  # one line for `python -m eval --help`
     usage: ClassVar[str] = ""  # its main flags, for the overview in `python -m eval --help`
+    data_flag: ClassVar[str] = "data"  # the flag of its data location (pipelines set it from `--<command>-data`)
 
     # -- the command line ----------------------------------------------------------------
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -110,6 +111,10 @@ class Benchmark:
     def score(self, predictions: list[dict], config: dict) -> dict:
         """metrics.json from the predictions alone."""
         raise NotImplementedError
+
+    def metrics_files(self, output: Path, flags: dict[str, Any]) -> list[Path]:
+        """The metrics.json files a run with these flags writes, the last one written last."""
+        return [Path(output) / "metrics.json"]
 
     def owns(self, benchmark: str) -> bool:
         """Whether a metrics.json whose `benchmark` is this value was written by this benchmark."""

@@ -29,6 +29,11 @@ class VQA(Benchmark):
     name = "vqa"
     help = "general VQA benchmarks through lmms-eval (implemented in eval.lmms)"
     usage = "--model DIR --tasks T1,T2 --data-root DIR"
+    data_flag = "data-root"
+
+    def metrics_files(self, output: Path, flags: dict) -> list[Path]:
+        """One results directory per lmms-eval task, in the order of --tasks."""
+        return [Path(output) / task / "metrics.json" for task in str(flags.get("tasks", "")).split(",") if task]
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_model_arguments(parser)

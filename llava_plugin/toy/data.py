@@ -35,7 +35,7 @@ file helpers in files.py):
   `question_id`, `image`, `question`, `options` (list), `answer` (letter), `category`; 24 rows).
   Point a task at them with `dataset_path: parquet`,
   `dataset_kwargs: {data_files: {test: <path>}}`, `test_split: test`.
-  `vqa_gen` and `vqa_mc` are the two file paths.
+  `vqa_gen` and `vqa_mc` are the two file paths, `vqa_root` the `eval vqa --data-root` they are under.
 
 Same seed -> byte-identical files (fixed tar metadata, fixed JPEG settings).
 """

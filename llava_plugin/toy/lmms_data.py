@@ -87,4 +87,5 @@ def write_vqa(root: Path, rng: random.Random) -> dict[str, Path]:
             "category": pa.string(),
         },
     )
-    return {"vqa": out, "vqa_gen": out / "shapes_vqa.parquet", "vqa_mc": out / "shapes_mc.parquet"}
+    # vqa_root: what `eval vqa --data-root` takes (the task configs' files are relative to it)
+    return {"vqa": out, "vqa_root": root, "vqa_gen": out / "shapes_vqa.parquet", "vqa_mc": out / "shapes_mc.parquet"}
