@@ -27,6 +27,7 @@ def test_published_llava_1_5_recipes(size, llm):
     assert (pre.deepspeed.config, pre.precision.dtype, pre.data.max_length, pre.precision.gradient_checkpointing) == (
         "zero2", "bf16", 2048, True)
     assert (pre.model.select_layer, pre.model.select_feature, pre.optim.weight_decay) == (-2, "patch", 0.0)
+    assert pre.optim.grad_clip == 0.0  # upstream's DeepSpeed JSONs leave clipping off
     fine = load_config(f"llava15-{size}-finetune", REQUIRED | {"model": {"vision_tower": "v"}})
     assert (fine.stage, fine.template, fine.optim.lr, fine.batch.global_batch_size, fine.deepspeed.config) == (
         "finetune", "vicuna_v1", 2e-5, 128, "zero3")
@@ -35,6 +36,7 @@ def test_published_llava_1_5_recipes(size, llm):
     assert (lora.lora.enabled, lora.lora.r, lora.lora.alpha, lora.optim.lr, lora.optim.projector_lr) == (
         True, 128, 256, 2e-4, 2e-5)
     assert lora.batch.global_batch_size == 128 and lora.deepspeed.config == "zero3"
+    assert fine.optim.grad_clip == lora.optim.grad_clip == 0.0
 
 
 def test_every_preset_loads():
