@@ -94,13 +94,11 @@ def llm_linear_names(model) -> list[str]:
 
 
 def apply_lora(model, lora: LoraConfig):
-    """Wrap `model` in a peft model with LoRA on the LLM's linear layers."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
+    """Wrap `model` in a peft model with LoRA on the LLM's linear layers (the shared wrap)."""
+    from llava_plugin.train.lora import add_lora
 
-    config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                            target_modules=llm_linear_names(model))
-    return get_peft_model(model, config)
+    return add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, targets=llm_linear_names(model),
+                    key="lora")
 
 
 def unwrap(model):

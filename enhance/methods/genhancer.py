@@ -43,7 +43,7 @@ from enhance.generators.flow_dit import (
 from enhance.methods.base import Method, register_method
 from llava_plugin.config import ConfigError
 from llava_plugin.towers import VisionTower
-from llava_plugin.train.lora import merge_lora_state
+from llava_plugin.train import lora
 
 GENERATOR_DIR = "generator"  # stage-1 output: <run dir>/generator/
 GENERATOR_FILE = "genhancer.json"
@@ -162,48 +162,14 @@ def generator_pixels(pixel_values: torch.Tensor, processor, size: int) -> torch.
 
 # ---- LoRA --------------------------------------------------------------------------------
 def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
-    """Wrap an HF vision model with peft LoRA; only the adapters (and, with bias='lora_only',
-    the adapted biases) require grad."""
-    from peft import LoraConfig, get_peft_model
-
-    # nn.MultiheadAttention (SigLIP's attention-pool head) reads out_proj.weight directly, so an
-    # adapter there would be skipped in forward yet merged on export: leave those alone.
-    bypassed = [f"{name}.out_proj" for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.targets), bias=settings.bias,
-                        exclude_modules=bypassed or None)
-    try:
-        return get_peft_model(model, config)
-    except ValueError as err:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise ConfigError(f"method.lora.targets={settings.targets}: {err}. The tower's Linear module names "
-                         f"are {names}") from err
-
-
-def merge_lora(peft_model: nn.Module) -> nn.Module:
-    """A new plain HF model equal to the LoRA-wrapped one: every adapter folded into its Linear by
-    the shared merge (llava_plugin.train.lora). The wrapped model is only read, never merged in
-    place (its base weights stay bit-exact), and never deep-copied (safe on ZeRO-3-gathered params)."""
-    from peft.tuners.lora import LoraLayer
-
-    inner = peft_model.get_base_model()
-    scalings = set()
-    for name, module in inner.named_modules():
-        if isinstance(module, LoraLayer):
-            if module.merged:
-                raise RuntimeError(f"LoRA of {name} is already merged into its weights; cannot export it twice")
-            scalings.update(module.scaling[adapter] for adapter in module.active_adapters)
-    if len(scalings) > 1:
-        raise RuntimeError(f"LoRA layers with different scalings {sorted(scalings)}: cannot merge with one factor")
-    state = merge_lora_state(peft_model.state_dict(), scalings.pop() if scalings else 0.0)
-    plain = type(inner)(inner.config)
-    plain.load_state_dict(state, strict=True)
-    return plain.to(next(inner.parameters()).dtype)
+    """The tower's model with stage-2 LoRA (the shared wrap, llava_plugin.train.lora)."""
+    return lora.add_lora(model, r=settings.r, alpha=settings.alpha, dropout=settings.dropout,
+                         targets=settings.targets, bias=settings.bias, key="method.lora")
 
 
 def merged_tower(tower: VisionTower) -> VisionTower:
     """The tower (same processor, text tower and metadata) around the LoRA-merged model."""
-    merged = merge_lora(tower.model)
+    merged = lora.merged_model(tower.model)
     return copy.deepcopy(tower, memo={id(tower.model): merged}).eval()
 
 

@@ -45,3 +45,45 @@ def merge_lora_state(state: dict[str, torch.Tensor], scaling: float) -> dict[str
         base = merged[weight_key]
         merged[weight_key] = (base.float() + scaling * (b.float() @ a.float())).to(base.dtype)
     return merged
+
+
+def add_lora(model: torch.nn.Module, *, r: int, alpha: float, dropout: float, targets: list[str],
+             bias: str = "none", key: str = "lora") -> torch.nn.Module:
+    """`model` wrapped by peft with LoRA on the Linear modules named `targets` (suffixes); only the
+    adapters (and, with bias='lora_only', the adapted biases) require grad. `key` names the config
+    section in errors."""
+    from peft import LoraConfig, get_peft_model
+
+    # nn.MultiheadAttention (SigLIP's attention-pool head) reads out_proj.weight directly, so an
+    # adapter there would be skipped in forward yet merged on export: leave those alone.
+    bypassed = [f"{name}.out_proj" for name, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias=bias,
+                        exclude_modules=bypassed or None)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        from llava_plugin.config import ConfigError
+
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"{key}.targets={list(targets)}: {err}. The model's Linear module names are {names}") from err
+
+
+def merged_model(peft_model: torch.nn.Module) -> torch.nn.Module:
+    """A new plain model equal to the LoRA-wrapped one, every adapter folded into its Linear by
+    `merge_lora_state`. The wrapped model is only read, never merged in place (its base weights stay
+    bit-exact), and never deep-copied (safe on ZeRO-3-gathered params)."""
+    from peft.tuners.lora import LoraLayer
+
+    inner = peft_model.get_base_model()
+    scalings = set()
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer):
+            if module.merged:
+                raise RuntimeError(f"LoRA of {name} is already merged into its weights; cannot export it twice")
+            scalings.update(module.scaling[adapter] for adapter in module.active_adapters)
+    if len(scalings) > 1:
+        raise RuntimeError(f"LoRA layers with different scalings {sorted(scalings)}: cannot merge with one factor")
+    state = merge_lora_state(peft_model.state_dict(), scalings.pop() if scalings else 0.0)
+    plain = type(inner)(inner.config)
+    plain.load_state_dict(state, strict=True)
+    return plain.to(next(inner.parameters()).dtype)
