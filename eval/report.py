@@ -25,7 +25,7 @@ from pathlib import Path
 
 from eval import stats
 from eval.benchmarks.base import benchmark_for
-from eval.benchmarks.common import METRICS_FILE, PREDICTIONS_FILE, read_predictions
+from eval.benchmarks.common import METRICS_FILE, PREDICTIONS_FILE, read_metrics, read_predictions
 from eval.uncertainty import Units, group_units, shared_keys
 from llava_plugin.errors import GenfeedbackError
 
@@ -71,7 +71,7 @@ def load_results(run_dir: Path | str) -> list[Result]:
     results: list[Result] = []
     seen: dict[str, Path] = {}
     for path in files:
-        metrics = json.loads(path.read_text())
+        metrics = read_metrics(path.parent)
         if "benchmark" not in metrics or "headline" not in metrics:
             raise CompareError(f"{path} has no 'benchmark'/'headline' keys; it was not written by `python -m eval`")
         for name in metrics["headline"]:

@@ -10,3 +10,52 @@ from __future__ import annotations
 
 class GenfeedbackError(Exception):
     """A user-fixable failure; the message names what is wrong and what to do."""
+
+
+class BadFileError(GenfeedbackError):
+    """A file the toolkit reads is missing, truncated or not in its format."""
+
+
+def read_json(path, what: str = "", fix: str = ""):
+    """JSON from `path`, or a `BadFileError` naming the file, where it breaks and what to do."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadFileError(f"{label} not found" + (f": {fix}" if fix else "")) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadFileError(f"cannot read {label}: {err}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadFileError(f"{label} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                           f"{fix or 'it may be truncated: rewrite it'}") from None
+
+
+def read_jsonl(path, what: str = "", fix: str = "") -> list:
+    """One JSON value per non-blank line of `path`, or a `BadFileError` naming the file and the line."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise BadFileError(f"{label} not found" + (f": {fix}" if fix else "")) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadFileError(f"cannot read {label}: {err}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise BadFileError(f"{label} line {number} is not valid JSON ({err.msg}); "
+                               f"{fix or 'it may be truncated: rewrite it'}") from None
+    return rows

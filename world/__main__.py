@@ -85,10 +85,9 @@ def _run(args) -> int:
         print(json.dumps(result))
         return 0
     if args.command == "study":
+        from llava_plugin.config import parse_overrides
         from world.report import write_report
         from world.study import load_study, run_study
-
-        from llava_plugin.config import parse_overrides
 
         cfg = load_study(args.preset, parse_overrides(args.set))
         if args.seeds:

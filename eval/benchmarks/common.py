@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from llava_plugin.errors import GenfeedbackError
+from llava_plugin.errors import BadFileError, GenfeedbackError, read_json, read_jsonl
 from llava_plugin.images import ImageDecodeError, decode_rgb
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -115,19 +115,21 @@ def write_results(out_dir: Path | str, predictions: list[dict], metrics: dict) -
     return out
 
 
+RERUN = "rerun the benchmark into that directory"
+
+
 def read_predictions(results_dir: Path | str) -> list[dict]:
     path = Path(results_dir) / PREDICTIONS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no {PREDICTIONS_FILE} in {results_dir}: is it a results directory of `python -m eval`?"
-        )
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise BadFileError(f"no {PREDICTIONS_FILE} in {results_dir}: is it a results directory of `python -m eval`?")
+    return read_jsonl(path, "predictions", RERUN)
 
 
 def read_metrics(results_dir: Path | str) -> dict:
     path = Path(results_dir) / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no {METRICS_FILE} in {results_dir}: is it a results directory of `python -m eval`?"
-        )
-    return json.loads(path.read_text())
+        raise BadFileError(f"no {METRICS_FILE} in {results_dir}: is it a results directory of `python -m eval`?")
+    metrics = read_json(path, "metrics", RERUN)
+    if not isinstance(metrics, dict):
+        raise BadFileError(f"metrics {path} is not a JSON object; {RERUN}")
+    return metrics

@@ -23,14 +23,21 @@ reports), which differs from the official one whenever sources are unbalanced.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from PIL import Image
 
 from eval.benchmarks.base import GenerationBenchmark, field_resampling, register_benchmark
-from eval.benchmarks.common import DatasetLayoutError, mean, open_rgb, percent, problem_lists, require_dir
+from eval.benchmarks.common import (
+    DatasetLayoutError,
+    mean,
+    open_rgb,
+    percent,
+    problem_lists,
+    read_jsonl,
+    require_dir,
+)
 
 NAME = "cv_bench"
 PARQUET_LAYOUTS = (("test_2d.parquet", "test_3d.parquet"), ("test.parquet",))
@@ -67,8 +74,7 @@ def load(data_dir: Path | str) -> list[dict]:
     if all((root / name).is_file() for name in JSONL_LAYOUT):
         rows = []
         for name in JSONL_LAYOUT:
-            for line in (root / name).read_text().splitlines():
-                row = json.loads(line)
+            for row in read_jsonl(root / name, "CV-Bench questions"):
                 row["image"] = {"bytes": None, "path": str(root / row["filename"])}
                 _check_columns(row, root / name)
                 rows.append(row)
