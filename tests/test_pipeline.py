@@ -80,3 +80,13 @@ def test_toy_recipe_resolves_against_a_zoo(zoo, tmp_path):
     named = by_name(jobs)
     assert named["eval/base/vqa"].done == tmp_path / "eval" / "base" / "vqa" / "shapes_mc" / "metrics.json"
     assert named["eval/diva/mmvp-vlm"].deps == ["enhance/diva"]  # an encoder benchmark scores the tower
+
+
+def test_world_preset_runs_the_world_study(monkeypatch, tmp_path):
+    import genfeedback.__main__ as cli
+
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    assert cli.main(["run", "--preset", "world", "--seeds", "3", "--output", str(tmp_path)]) == 0
+    assert calls[0][1:] == ["-m", "world", "study", "--out", str(tmp_path), "--jobs", "2", "--seeds", "3"]
+    assert cli.main(["run", "--preset", "world", "--llm", "x"]) == 2  # a flag the world recipe does not take
