@@ -73,10 +73,13 @@ def test_world_study_smoke_end_to_end(tmp_path):
             assert (out / "seed-0" / "llava" / tower / "eval" / bench / "metrics.json").is_file()
 
     report = (out / "report" / "world.md").read_text()
-    for heading in ("## What the generators use", "## The towers", "## Effects", "## Downstream: LLaVA on the world"):
+    for heading in ("## What the generators use", "## The towers", "## Effects", "## Downstream: LLaVA on the world",
+                    "### Does the language model read a scene?"):
         assert heading in report
     assert "diva-feedback − diva-control" in report
     assert "(n=1: no verdict)" in report  # one seed never yields a verdict
+    reading = json.loads((out / "world" / "seed-0" / "reading.json").read_text())
+    assert set(reading["described"]["mmvp"]) == set(scenes.ATTRIBUTES)
     for plot in ("probe.png", "mmvp_vlm.png", "effects.png", "sensitivity.png"):
         assert (out / "report" / plot).is_file(), plot
     # a rerun reuses every finished job

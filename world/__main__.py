@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zoo", required=True, type=Path, help="a world seed directory (WORLD/seed-K)")
     p.add_argument("--output", required=True, type=Path, help="JSON file to write")
     p.add_argument("--n", type=int, default=128, help="scenes per attribute")
+    p = sub.add_parser("reading", help="does the world LM answer questions about a scene described in words "
+                                       "where the image would be (the ceiling of LLaVA on it)?")
+    p.add_argument("--zoo", required=True, type=Path, help="a world seed directory (WORLD/seed-K)")
+    p.add_argument("--output", required=True, type=Path, help="JSON file to write")
+    p.add_argument("--n", type=int, default=40, help="questions per format and attribute")
     p = sub.add_parser("study", help="build the world, run every method and control over seeds, write the report")
     p.add_argument("--out", required=True, type=Path, help="study directory")
     p.add_argument("--preset", default="study", help="study recipe (world/configs): study | study-smoke")
@@ -83,6 +88,14 @@ def _run(args) -> int:
         result = generator_sensitivity(Path(zoo["sd21"]), Path(zoo["unclip"]), Path(zoo["clip"]), n=args.n)
         _write_json(args.output, result)
         print(json.dumps(result))
+        return 0
+    if args.command == "reading":
+        from world.language import reading_check
+
+        zoo = json.loads((args.zoo / "zoo.json").read_text())
+        result = reading_check(Path(zoo["llm"]), n=args.n)
+        _write_json(args.output, result)
+        print(json.dumps({mode: result[mode] for mode in ("described", "blind")}))
         return 0
     if args.command == "study":
         from llava_plugin.config import parse_overrides

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from llava_plugin.chat import get_format
 from llava_plugin.toy.llm import GENERATION_CONFIG, TOKENIZER_CONFIG, train_sentencepiece
-from world import scenes
+from world import questions, scenes
 from world.benchmarks import TEXT_ONLY, conversation
 
 CHAT_FORMAT = "vicuna_v1"  # the instruction-tuning and evaluation format (llava_plugin/templates.yaml)
@@ -141,3 +141,45 @@ def train_language_model(out: Path, seed: int = 0, documents: int = 6000, vocab_
     return {"steps": steps, "final_loss": log[-1]["loss"], "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer), "corpus_documents": documents, "corpus_tokens": len(stream),
             "blocks": len(blocks), "train_seconds": round(time.perf_counter() - start, 1)}
+
+
+READING_STYLES = ("mmvp", "cv_bench", "short")  # the question formats whose answer is one short string
+
+
+def reading_check(lm_dir: Path | str, n: int = 60, seed: int = 12345) -> dict:
+    """Can the world LM answer a question about a scene that is *described in words* where the
+    image would be (a perfect projector, in the LM's own words), and how often does it guess right
+    when it sees nothing (blind)? Per format and attribute, greedy answers scored by exact match
+    against the gold string (a letter, "(B)", or a word). LLaVA adds the image to what the LM can
+    already do with a description: if the described accuracy is at chance, LLaVA on this LM cannot
+    show a tower difference whatever the tower sees."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    model = LlamaForCausalLM.from_pretrained(lm_dir).eval()
+    greedy = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id or 0,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    rng = random.Random(seed)
+    result: dict = {"described": {}, "blind": {}, "settings": {"n": n, "seed": seed}}
+    for style in READING_STYLES:
+        for attribute in scenes.ATTRIBUTES:
+            asked = []
+            while len(asked) < n:
+                scene = scenes.sample_scene(rng)
+                if scene.value(attribute) is not None:
+                    asked.append((scene, *questions.ask(scene, attribute, style, rng)))
+            for mode in ("described", "blind"):
+                right = 0
+                for scene, human, gold in asked:
+                    turns = [{"from": "human", "value": "<image>\n" + human}, {"from": "gpt", "value": ""}]
+                    text = render_chat(turns, image_text=scene.full_caption if mode == "described" else None)
+                    cut = text.rindex(_chat_format().assistant_prompt) + len(_chat_format().assistant_prompt)
+                    prompt = text[:cut]
+                    ids = tokenizer(prompt.rstrip(), return_tensors="pt").input_ids
+                    with torch.no_grad():
+                        out = model.generate(ids, generation_config=greedy)
+                    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+                    right += answer.lower() == gold.lower()
+                result[mode].setdefault(style, {})[attribute] = right / n
+    return result

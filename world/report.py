@@ -97,6 +97,11 @@ def collect(out: Path) -> dict:
             for when in ("start", "end"):
                 for attribute, value in ((data.get(when) or {}).get("attributes") or {}).items():
                     put(f"method_gap_{when}/{attribute}", diagnosis.parent.name, seed, 100 * value["relative_gap"])
+        reading = _read(out / "world" / f"seed-{seed}" / "reading.json") or {}
+        for mode in ("described", "blind"):
+            for style, values in (reading.get(mode) or {}).items():
+                for attribute, value in values.items():
+                    put(f"reading/{attribute}", f"{mode}/{style}", seed, 100 * value)
         sens = _read(out / "world" / f"seed-{seed}" / "sensitivity.json")
         for generator, values in (sens or {}).items():
             if generator == "settings":
@@ -233,6 +238,29 @@ def method_gap_section(data: dict) -> str:
             + _table(["run", "when", *scenes.ATTRIBUTES], rows))
 
 
+READING_CHANCE = {"mmvp": "50", "cv_bench": "25-50", "short": "~0-33"}  # two options; 2-5 choices; a free word
+
+
+def reading_section(data: dict) -> str:
+    """The ceiling of LLaVA on the world LM: its answers with the scene described where the image would be."""
+    table = data["table"]
+    rows = []
+    for mode in ("described", "blind"):
+        for style, chance in READING_CHANCE.items():
+            key = f"{mode}/{style}"
+            cells = [_fmt(*mean_se(list(table.get(f"reading/{a}", {}).get(key, {}).values()))) for a in scenes.ATTRIBUTES]
+            if any(c != "-" for c in cells):
+                rows.append([mode, f"{style} (chance {chance})", *cells])
+    if not rows:
+        return "No reading check yet (`python -m world reading`)."
+    return ("The world language model alone, before LLaVA: greedy answers (exact match, %) to world questions in each "
+            "benchmark format, with the scene *described in words* where the image would be (a perfect projector "
+            "in the LM's own words) and *blind* (no description). LLaVA adds the image to what its LM can do with a "
+            "description: where `described` is at the `blind` level, the LM does not read the scene, and no tower "
+            "can change LLaVA's answers (world/language.py `reading_check`).\n\n"
+            + _table(["input", "format", *scenes.ATTRIBUTES], rows))
+
+
 def downstream_section(data: dict) -> str:
     table = data["table"]
     metrics = sorted(k for k in table if k.split("/")[0] in ("mmvp", "cv-bench"))
@@ -358,7 +386,8 @@ def write_report(out: Path) -> Path:
         "### Through each method\n\n" + method_gap_section(data),
         "## The towers\n\n" + tower_section(data),
         "## Effects\n\n" + effects,
-        "## Downstream: LLaVA on the world\n\n" + downstream_section(data),
+        "## Downstream: LLaVA on the world\n\n" + downstream_section(data) + "\n\n### Does the language model read "
+        "a scene?\n\n" + reading_section(data),
         ("Plots: `probe.png`, `mmvp_vlm.png` (fine attributes per tower), `effects.png` (feedback − control per "
          "attribute), `sensitivity.png` (what the generators use); error bars are SE over seeds."),
     ]) + "\n"

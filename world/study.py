@@ -61,6 +61,7 @@ class StudyConfig:
     mmvp_vlm: dict[str, Any] = _help("Extra flags of `eval mmvp-vlm` for the world set.", factory=dict)
     probe: dict[str, Any] = _help("Extra flags of `world probe` (n-train, n-test, n-pairs).", factory=dict)
     sensitivity: dict[str, Any] = _help("Extra flags of `world sensitivity` (n).", factory=dict)
+    reading: dict[str, Any] = _help("Extra flags of `world reading` (n).", factory=dict)
 
     def validate(self) -> None:
         self.methods = {name: r if isinstance(r, MethodRecipe) else from_dict(MethodRecipe, r, f"methods.{name}.")
@@ -116,6 +117,9 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
         jobs.append(Job(f"sensitivity/seed-{seed}", _py("world", "sensitivity", "--zoo", str(zoo), "--output",
                                                         str(sensitivity), *_flags(cfg.sensitivity)), sensitivity,
                         [build]))
+        reading = world / f"seed-{seed}" / "reading.json"
+        jobs.append(Job(f"reading/seed-{seed}", _py("world", "reading", "--zoo", str(zoo), "--output", str(reading),
+                                                    *_flags(cfg.reading)), reading, [build]))
         for method, recipe in cfg.methods.items():
             generator: list[str] = []
             deps = [build]
