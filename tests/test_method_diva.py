@@ -239,3 +239,38 @@ def test_fixed_timesteps_and_range(method):
             batch, condition, torch.Generator().manual_seed(0), timesteps=torch.tensor([10, 10])
         )
     torch.testing.assert_close(low, per_sample, rtol=0, atol=0)
+
+
+def test_upstream_draw_weighting_applies_five_times_the_first_draw_plus_the_second(zoo):
+    """baaivision/DIVA back-propagates its first pass inside forward, undivided, and hands the second to
+    the HF Trainer, which divides it by the 5 accumulation steps: per step 5 g(draw 1) + g(draw 2)."""
+    method = make(zoo, draw_weighting="upstream")
+    batch = method.preprocess(scenes(2))
+    batch |= method.encode_targets(batch)
+    method.eval()
+
+    def grads(weights=None):
+        if weights is not None:
+            method.draw_weights = lambda: weights
+        method.zero_grad()
+        method(batch, torch.Generator().manual_seed(7)).loss.backward()
+        vars(method).pop("draw_weights", None)  # back to the class's
+        return torch.cat([p.grad.flatten() for p in method.parameters() if p.grad is not None])
+
+    upstream = grads()
+    first, second = grads([1.0, 0.0]), grads([0.0, 1.0])
+    assert torch.allclose(upstream, 5 * first + second, rtol=1e-5, atol=1e-6)
+    method.cfg.draw_weighting = "mean"
+    assert torch.allclose(grads(), (first + second) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_paper_presets_weight_the_draws_as_upstream():
+    from enhance.config import load_config
+
+    for preset in ("diva", "diva-openai-l14-224", "diva-siglip-so14-384"):
+        cfg = load_config(preset, overrides={"vision_tower": "v", "generator": "g", "output_dir": "o"})
+        assert (cfg.method["draw_weighting"], cfg.method["upstream_accumulation"]) == ("upstream", 5), preset
+    from enhance.config import PRESET_DIR, load_yaml_preset
+
+    world = load_yaml_preset(PRESET_DIR, "world-diva")["method"]
+    assert world.get("draw_weighting", "mean") == "mean"  # what the world study ran with

@@ -256,7 +256,13 @@ class LatentDiffusion:
         ).sample
 
 
-def per_sample_mse(pred: torch.Tensor, target: torch.Tensor, draws: int) -> torch.Tensor:
-    """MSE per sample, averaged over its `draws` (rows are draw-major: [draw0 batch, draw1 batch, ...])."""
-    err = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-    return err.view(draws, -1).mean(0)
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor, draws: int,
+                   weights: list[float] | None = None) -> torch.Tensor:
+    """MSE per sample, averaged over its `draws` or summed with one weight per draw (rows are
+    draw-major: [draw0 batch, draw1 batch, ...])."""
+    err = (pred.float() - target.float()).pow(2).flatten(1).mean(1).view(draws, -1)
+    if weights is None:
+        return err.mean(0)
+    if len(weights) != draws:
+        raise ValueError(f"{len(weights)} draw weights for {draws} draws")
+    return (err * torch.tensor(weights, dtype=err.dtype, device=err.device)[:, None]).sum(0)

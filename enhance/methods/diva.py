@@ -8,9 +8,14 @@ cross-attention width, added position-wise to the text embedding of the fixed pr
 "a photo of a ." (upstream's empty class name in its "a photo of a {}." template).
 Upstream draws a fresh token choice, timestep and noise for each of its 2 passes per
 batch; here those are the `num_noise_draws` of one step, from the step's rng, and their
-losses are averaged. (Upstream back-propagates the first pass inside `forward` and returns
-the second to the HF Trainer, which divides it by the 5 accumulation steps: the two draws
-end up weighted 1 : 1/5. We weight them equally.)
+losses are combined by `draw_weighting`. Upstream (models/SD_with_OpenAICLIP.py, the loop over
+`train_steps` in `forward`) back-propagates every pass but the last inside `forward`, undivided,
+and returns the last to the HF Trainer, which divides it by the 5 accumulation steps; summed over
+the 5 micro-batches of a step, that is 5 x the mean gradient of each early draw + 1 x that of the
+last, about 6x the mean over draws, at a scale-sensitive SGD lr of 1e-4. `upstream` (the paper
+presets) reproduces that weighting per sample, independent of the world size: A x loss(draw d)
+for every draw but the last, + loss(last draw), A = `upstream_accumulation`; `mean` averages the
+draws (a 6x smaller update unless clipping binds).
 
 Upstream encodes the posterior mean of the VAE (no sampling) and the loss is epsilon-MSE
 at t ~ U{0..999}; the target here follows the scheduler's prediction type, which for
@@ -48,8 +53,14 @@ COMBINE_MODES = ("add_per_position", "add_to_prompt_mean")
 @dataclass
 class DivaConfig:
     num_noise_draws: int = _help(
-        "Denoising draws per image per step, each with its own token choice, t and noise; their losses are "
-        "averaged (DIVA: 2 passes per batch; see the module docstring for how upstream weights them).", 2)
+        "Denoising draws per image per step, each with its own token choice, t and noise, combined by "
+        "draw_weighting (DIVA: 2 passes per batch).", 2)
+    draw_weighting: Literal["mean", "upstream"] = _help(
+        "How the draws' losses add up: mean (their average) or upstream (A x every draw but the last + the "
+        "last, A = upstream_accumulation: the update baaivision/DIVA applies; see the module docstring).", "mean")
+    upstream_accumulation: int = _help(
+        "A of draw_weighting=upstream: the gradient accumulation steps upstream's HF Trainer divides the "
+        "last draw by (DIVA_for_*.sh: 5).", 5)
     num_patch_tokens: int = _help(
         "K patch tokens drawn at random (with replacement) next to the CLS token (DIVA: 76, so that CLS + 76 "
         "= the prompt's 77 text tokens).", 76)
@@ -72,6 +83,8 @@ class DivaConfig:
         check_timestep_range(self.timestep_range)
         if self.num_noise_draws < 1:
             raise ConfigError(f"method.num_noise_draws={self.num_noise_draws}: must be >= 1 (DIVA uses 2)")
+        if self.upstream_accumulation < 1:
+            raise ConfigError(f"method.upstream_accumulation={self.upstream_accumulation}: must be >= 1 (DIVA: 5)")
         if self.num_patch_tokens < 0:
             raise ConfigError(f"method.num_patch_tokens={self.num_patch_tokens}: must be >= 0 (DIVA uses 76)")
         if self.generator_resolution < 0:
@@ -149,7 +162,13 @@ class Diva(LatentDiffusionFeedback):
         draws = self.cfg.num_noise_draws
         patch_ids = randint(num_patches, (draws, batch_size, self.cfg.num_patch_tokens), rng, tokens.device)
         context = torch.cat([self.context(tokens, patch_ids[d]) for d in range(draws)])  # draw-major rows
-        return self.diffusion_loss(batch, context, draws, rng, timesteps)
+        return self.diffusion_loss(batch, context, draws, rng, timesteps, draw_weights=self.draw_weights())
+
+    def draw_weights(self) -> list[float] | None:
+        """Each draw's weight in the per-sample loss (None: their mean)."""
+        if self.cfg.draw_weighting == "mean":
+            return None
+        return [float(self.cfg.upstream_accumulation)] * (self.cfg.num_noise_draws - 1) + [1.0]
 
     # -- what trains -----------------------------------------------------------------------
     def trainable_parameters(self) -> list[dict[str, Any]]:

@@ -77,9 +77,10 @@ class LatentDiffusionFeedback(Method):
     # -- the shared step -------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, torch.Tensor], context: torch.Tensor, draws: int,
                        rng: torch.Generator | None, timesteps: torch.Tensor | None,
-                       class_labels: torch.Tensor | None = None) -> torch.Tensor:
+                       class_labels: torch.Tensor | None = None,
+                       draw_weights: list[float] | None = None) -> torch.Tensor:
         """Per-sample loss [B] of denoising the image's latents under `context` (and `class_labels`),
-        both with draw-major rows [draws * B, ...]; averaged over the draws."""
+        both with draw-major rows [draws * B, ...]; averaged over the draws, or their `draw_weights` sum."""
         batch_size = context.shape[0] // draws
         latents = self.generator.latents(
             batch["latent_mean"].to(context.device), batch["latent_logvar"].to(context.device), rng,
@@ -90,4 +91,4 @@ class LatentDiffusionFeedback(Method):
         noise = randn(latents.shape, rng, latents)
         noisy = self.generator.add_noise(latents, noise, t)
         pred = self.generator.denoise(noisy, t, context, class_labels=class_labels)
-        return per_sample_mse(pred, self.generator.target(latents, noise, t), draws)
+        return per_sample_mse(pred, self.generator.target(latents, noise, t), draws, draw_weights)
