@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from eval.benchmarks.base import BENCHMARKS
+from eval.benchmarks.base import BENCHMARKS, resolve_device
 from llava_plugin.cli import add_launcher_flags, guarded, run_cli
 
 TOOLS = {  # command: (help, usage)
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "benchmark", None) is not None:
+        resolve_device(args)
         return args.benchmark.run(args)
     if args.command == "rescore":
         return _rescore(args.results, args.parser)

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="LLaVA checkpoint (HF Llava dir or original LLaVA-1.5 dir) for the others")
     p.add_argument("--output", type=Path, help="(required) results root: one directory per benchmark")
     p.add_argument("--benchmarks", help="comma-separated subset (default: every one with data and a model)")
+    p.add_argument("--device", help="every benchmark's --device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", help="every benchmark's --dtype (default: float16 on GPU, float32 on CPU)")
+    p.add_argument("--batch-size", type=int, help="every benchmark's --batch-size (default: each benchmark's)")
     _add_eval_data(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a benchmark flag, e.g. --set eval.vqa.tasks=gqa,pope --set eval.mmvp.batch-size=4")
@@ -298,6 +301,8 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--set {unknown[0]}...: eval takes benchmark flags only, e.g. --set eval.vqa.tasks=gqa")
     if args.preset and "eval" not in raw:
         raise ConfigError(f"recipe {args.preset!r} names no benchmark data; pass --<benchmark>-data flags")
+    common = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("batch-size", args.batch_size)) if v}
+    overrides["eval"] = {name: {**common, **flags} for name, flags in overrides["eval"].items()}
     cfg = from_dict(PipelineConfig, overrides)
     cfg = plan.resolve(cfg, Path(args.zoo) if args.zoo else None)
     only = [b for b in args.benchmarks.split(",") if b] if args.benchmarks else None

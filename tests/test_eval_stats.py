@@ -94,3 +94,23 @@ def test_errors_say_what_is_wrong():
         stats.percentile_interval([1.0, float("nan")])
     with pytest.raises(stats.StatsError, match="one stratum per unit"):
         stats.resample_indices(3, strata=["a"])
+
+
+def test_device_and_dtype_default_to_the_gpu_in_float16_else_cpu_float32(monkeypatch):
+    """LLaVA evaluates in float16 on the GPU; a CPU run stays float32. Explicit flags win."""
+    import argparse
+
+    import torch
+
+    from eval.benchmarks.base import resolve_device
+
+    def resolved(available, **given):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        args = argparse.Namespace(**{"device": None, "dtype": None, **given})
+        resolve_device(args)
+        return args.device, args.dtype
+
+    assert resolved(True) == ("cuda", "float16")
+    assert resolved(False) == ("cpu", "float32")
+    assert resolved(True, dtype="bfloat16") == ("cuda", "bfloat16")
+    assert resolved(True, device="cpu") == ("cpu", "float32")

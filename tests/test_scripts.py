@@ -24,7 +24,7 @@ MAIN_FLAGS = {
     "train_llava.sh": ["--vision-tower", "--llm", "--output", "--preset", "--pretrain-data", "--lora", "--stage",
                        "--gpus", "--max-steps", "--set"],
     "eval.sh": ["--vision-tower", "--model", "--output", "--benchmarks", "--mmvp-data", "--cv-bench-data",
-                "--mmvp-vlm-data", "--set"],
+                "--mmvp-vlm-data", "--device", "--dtype", "--set"],
     "pipeline.sh": ["--preset", "--output", "--methods", "--enhance-steps", "--llava-steps", "--gpus", "--seeds",
                     "--llm", "--sd", "--set"],
 }

@@ -142,7 +142,8 @@ class EncoderBenchmark(Benchmark):
         add_data_arguments(parser, self.default_batch_size)
 
     def config(self, args: argparse.Namespace, data: Any) -> dict:
-        return {"tower": args.vision_tower, "dtype": args.dtype, "data": str(Path(args.data).resolve()),
+        return {"tower": args.vision_tower, "dtype": args.dtype, "device": args.device,
+                "data": str(Path(args.data).resolve()),
                 **self.options(args, data)}
 
     def options(self, args: argparse.Namespace, data: Any) -> dict:
@@ -173,7 +174,8 @@ class GenerationBenchmark(Benchmark):
     def config(self, args: argparse.Namespace, data: Any) -> dict:
         return {"model": args.model, "vision_tower": args.vision_tower,
                 "data": str(Path(args.data).resolve()), **self.options(args, data),
-                "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "decoding": "greedy"}
+                "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "device": args.device,
+                "decoding": "greedy"}
 
     def options(self, args: argparse.Namespace, data: Any) -> dict:
         """The benchmark's own entries of `config` (between data and max_new_tokens)."""
@@ -202,9 +204,27 @@ def add_data_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None
     parser.add_argument("--output", required=True, type=Path,
                         help="results directory (predictions.jsonl, metrics.json)")
     parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="weights and activations dtype (bfloat16/float16 for large models on GPU)")
+    add_device_arguments(parser)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="weights and activations dtype (default: float16 on GPU, as LLaVA evaluates; "
+                             "float32 on CPU)")
+
+
+def resolve_device(args: argparse.Namespace) -> None:
+    """Fill in --device and --dtype left at their defaults: the GPU when there is one, in float16
+    (LLaVA-1.5's evaluation dtype), else the CPU in float32. metrics.json records both."""
+    if not hasattr(args, "device"):
+        return
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if getattr(args, "dtype", "") is None:
+        args.dtype = "float32" if args.device == "cpu" else "float16"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

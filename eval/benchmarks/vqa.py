@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 
 from eval.benchmarks.base import (
-    DTYPES,
     Benchmark,
     Resampling,
     ResamplingError,
+    add_device_arguments,
     add_model_arguments,
     add_original_tower_argument,
     register_benchmark,
@@ -49,8 +49,7 @@ class VQA(Benchmark):
         parser.add_argument("--batch-size", type=int, default=1)
         parser.add_argument("--limit", type=int, default=None,
                             help="first N samples per task (debugging only)")
-        parser.add_argument("--device", default="cpu")
-        parser.add_argument("--dtype", choices=DTYPES, default="float32")
+        add_device_arguments(parser)
         add_original_tower_argument(parser)
 
     def run(self, args: argparse.Namespace) -> int:

@@ -100,6 +100,8 @@ def evaluate(
             "data_files": results["configs"][local]["dataset_kwargs"]["data_files"],
             "limit": limit,
             "batch_size": batch_size,
+            "device": device,
+            "dtype": (model_args or {}).get("dtype"),
             "lmms_eval_version": _lmms_eval_version(),
             "lmms_eval_results": str(results_file),
         }
