@@ -33,6 +33,13 @@ def cv_bench_jsonl(tmp: Path) -> Path:
     return root
 
 
+def mmvp_truncated(tmp: Path) -> Path:
+    root = tmp / "mmvp"
+    (root / "MMVP Images").mkdir(parents=True)
+    (root / "Questions.csv").write_text('lndex,Question,Options,Correct Answer\n1,Is it?,"(a) Yes (b')
+    return root
+
+
 # (name, command line given tmp_path, what the message must contain)
 CASES = [
     ("compare: truncated metrics.json",
@@ -55,6 +62,16 @@ CASES = [
     ("cv-bench: truncated questions jsonl",
      lambda t: ["eval", "cv-bench", "--model", str(t), "--data", str(cv_bench_jsonl(t)), "--output", str(t / "o")],
      "test_2d.jsonl line 2 is not valid JSON"),
+    ("eval mmvp: truncated Questions.csv",
+     lambda t: ["eval", "mmvp", "--model", str(t), "--data", str(mmvp_truncated(t)), "--output", str(t / "o")],
+     "expected 300 question rows"),
+    ("eval mmvp-vlm: no Questions.csv",
+     lambda t: ["eval", "mmvp-vlm", "--vision-tower", str(t), "--data", str(t), "--output", str(t / "o")],
+     "expected the MMVP-VLM question file Questions.csv"),
+    ("mllm_train: a tower that does not exist",
+     lambda t: ["mllm_train", "pretrain", "--preset", "tiny-pretrain", "--vision-tower", "/nonexistent/tower",
+                "--llm", "/nonexistent/llm", "--data", str(t / "x.json"), "--image-folder", str(t), "--output",
+                str(t / "o")], "/nonexistent"),
     ("genfeedback run: unknown recipe",
      lambda t: ["genfeedback", "run", "--preset", "nope", "--output", str(t / "run")], "preset 'nope' not found"),
     ("genfeedback llava: finetune without its pretraining",
