@@ -16,6 +16,15 @@ class BadFileError(GenfeedbackError):
     """A file the toolkit reads is missing, truncated or not in its format."""
 
 
+def _read_text(path, label: str, fix: str) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise BadFileError(f"{label} not found" + (f": {fix}" if fix else "")) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadFileError(f"cannot read {label}: {err}") from None
+
+
 def read_json(path, what: str = "", fix: str = ""):
     """JSON from `path`, or a `BadFileError` naming the file, where it breaks and what to do."""
     import json
@@ -23,12 +32,7 @@ def read_json(path, what: str = "", fix: str = ""):
 
     path = Path(path)
     label = f"{what} {path}" if what else str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BadFileError(f"{label} not found" + (f": {fix}" if fix else "")) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadFileError(f"cannot read {label}: {err}") from None
+    text = _read_text(path, label, fix)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -36,19 +40,17 @@ def read_json(path, what: str = "", fix: str = ""):
                            f"{fix or 'it may be truncated: rewrite it'}") from None
 
 
-def read_jsonl(path, what: str = "", fix: str = "") -> list:
-    """One JSON value per non-blank line of `path`, or a `BadFileError` naming the file and the line."""
+def read_jsonl(path, what: str = "", fix: str = "", *, torn_last_line_ok: bool = False) -> list:
+    """One JSON value per non-blank line of `path`, or a `BadFileError` naming the file and the line.
+    With `torn_last_line_ok` (an append-only log that a kill can cut mid-write) a bad last line is dropped
+    with a warning."""
     import json
+    import logging
     from pathlib import Path
 
     path = Path(path)
     label = f"{what} {path}" if what else str(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise BadFileError(f"{label} not found" + (f": {fix}" if fix else "")) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadFileError(f"cannot read {label}: {err}") from None
+    lines = _read_text(path, label, fix).splitlines()
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -56,6 +58,10 @@ def read_jsonl(path, what: str = "", fix: str = "") -> list:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise BadFileError(f"{label} line {number} is not valid JSON ({err.msg}); "
+            if torn_last_line_ok and number == len(lines):
+                logging.getLogger(__name__).warning("%s: ignoring a torn last line (the run was killed while "
+                                                    "writing it)", path)
+                break
+            raise BadFileError(f"{label}:{number} is not valid JSON ({err.msg}); "
                                f"{fix or 'it may be truncated: rewrite it'}") from None
     return rows

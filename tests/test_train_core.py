@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from llava_plugin.config import ConfigError
+from llava_plugin.errors import BadFileError
 from llava_plugin.train.checkpoint import append_metrics, read_metrics, truncate_metrics
 from llava_plugin.train.plan import (
     BatchPlan,
@@ -136,6 +137,6 @@ def test_metrics_log_survives_a_torn_last_line(tmp_path):
     assert path.read_text().splitlines()[-2:] == ['{"step": 4, "lo', '{"step": 4, "loss": 0.25}']
     assert not (tmp_path / "metrics.jsonl.tmp").exists()
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
-    with pytest.raises(ConfigError, match=r"metrics.jsonl:2 is not JSON"):
+    with pytest.raises(BadFileError, match=r"metrics.jsonl:2 is not valid JSON"):
         read_metrics(path)
     assert read_metrics(tmp_path / "missing.jsonl") == []

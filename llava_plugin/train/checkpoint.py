@@ -27,6 +27,7 @@ import torch
 
 from llava_plugin import distributed
 from llava_plugin.config import ConfigError
+from llava_plugin.errors import read_jsonl
 
 logger = logging.getLogger("genfeedback")
 
@@ -71,19 +72,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    lines = path.read_text().splitlines()
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                logger.warning("%s: ignoring a torn last line (the run was killed while writing it)", path)
-                break
-            raise ConfigError(f"{path}:{number} is not JSON ({err.msg}); remove or fix that line") from err
-    return rows
+    return read_jsonl(path, "metrics log", "remove or fix that line", torn_last_line_ok=True)
 
 
 def append_metrics(path: str | Path, row: dict) -> None:
