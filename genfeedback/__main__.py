@@ -187,9 +187,9 @@ def cmd_run(args) -> int:
     out = (args.output or Path("runs") / f"{args.preset}-pipeline").resolve()
     start = time.perf_counter()
     zoo = plan.zoo_dir(cfg, out)
-    if cfg.zoo != TOY_ZOO:  # every input is the user's: check them before anything is written
-        plan.check_chain(plan.resolve(cfg, zoo), out, zoo)
-    elif run_jobs([plan.zoo_job(out)], out, desc="tiny zoo")["zoo"] == "failed":
+    # the toy zoo is built first (its paths are what the checks look at); nothing else is written
+    # before every input has been checked
+    if cfg.zoo == TOY_ZOO and run_jobs([plan.zoo_job(out)], out, desc="tiny zoo")["zoo"] == "failed":
         return 1
     cfg = plan.resolve(cfg, zoo)
     plan.check_chain(cfg, out, zoo)
@@ -220,8 +220,8 @@ def _run_world(args) -> int:
     if ignored:
         raise ConfigError(f"--preset world takes --output, --seeds and --jobs only (its recipe is "
                           f"world/configs/study.yaml); got --{ignored[0].replace('_', '-')}")
-    argv = [sys.executable, "-m", "world", "study", "--out", str(args.output or Path("runs") / "world"),
-            "--jobs", str(args.jobs or 2)]
+    argv = plan.python_module("world", "study", "--out", str(args.output or Path("runs") / "world"),
+                              "--jobs", str(args.jobs or 2))
     if args.seeds:
         argv += ["--seeds", str(args.seeds)]
     print("$ " + " ".join(argv), file=sys.stderr)
@@ -294,9 +294,10 @@ def cmd_eval(args) -> int:
         raise ConfigError("give --vision-tower and/or --model")
     given = _eval_flags(args)
     raw = recipe_dict(args.preset) if args.preset else {}
+    sets = parse_overrides(args.set)
     # the recipe's benchmark data, then the flags; nothing else of the recipe applies here
-    overrides = {"eval": deep_merge(deep_merge(raw.get("eval") or {}, given), parse_overrides(args.set).get("eval", {}))}
-    unknown = sorted(set(parse_overrides(args.set)) - {"eval"})
+    overrides = {"eval": deep_merge(deep_merge(raw.get("eval") or {}, given), sets.get("eval", {}))}
+    unknown = sorted(set(sets) - {"eval"})
     if unknown:
         raise ConfigError(f"--set {unknown[0]}...: eval takes benchmark flags only, e.g. --set eval.vqa.tasks=gqa")
     if args.preset and "eval" not in raw:

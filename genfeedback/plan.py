@@ -14,13 +14,11 @@ checks its whole run, as `enhance train --check` does), so a missing path never 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from genfeedback.config import TOY_ZOO, PipelineConfig
 from llava_plugin.config import ConfigError, resolve_zoo_refs
-from llava_plugin.jobs import Job, launch_argv, python_module
+from llava_plugin.jobs import Job, launch_argv, python_module, set_flags
 
 BASE = "base"  # the tower every method starts from, as a tower name
 STAGES = ("pretrain", "finetune")
@@ -43,21 +41,6 @@ def zoo_job(out: Path) -> Job:
     return Job("zoo", python_module("llava_plugin.toy", "--out", str(out / "zoo")), out / "zoo" / "zoo.json")
 
 
-def _sets(values: dict[str, Any]) -> list[str]:
-    flags = []
-    for key, value in _flatten(values):
-        flags += ["--set", f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}"]
-    return flags
-
-
-def _flatten(values: dict[str, Any], prefix: str = ""):
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 # ---------------------------------------------------------------- enhance
 def enhance_args(cfg: PipelineConfig, method: str, output: Path, zoo: Path | None) -> list[str]:
     stage, run = cfg.enhance, cfg.methods[method]
@@ -75,7 +58,7 @@ def enhance_args(cfg: PipelineConfig, method: str, output: Path, zoo: Path | Non
             args += [flag, value]
     if stage.max_steps:
         args += ["--max-steps", str(stage.max_steps)]
-    return args + _sets({**stage.set, **run.set})
+    return args + set_flags({**stage.set, **run.set})
 
 
 def check_enhance(args: list[str]) -> None:
@@ -108,7 +91,7 @@ def llava_jobs(cfg: PipelineConfig, tower: str, spec: str, out: Path, deps: list
         common += ["--max-steps", str(stage.max_steps)]
     if stage.skip_bad_samples:
         common.append("--skip-bad-samples")
-    common += _sets(stage.set)
+    common += set_flags(stage.set)
     projector = out / "pretrain" / "mm_projector.bin"
     jobs = []
     if "pretrain" in stages:
@@ -171,12 +154,13 @@ def eval_jobs(cfg: PipelineConfig, out: Path, tower: tuple[str, str | None] | No
     for command, flags in cfg.eval.items():
         if only is not None and command not in only:
             continue
-        source = tower if scores_tower(command) else model
+        on_tower = scores_tower(command)
+        source = tower if on_tower else model
         if source is None:
             continue
         path, dep = source
         result = out / command
-        args = [command, "--vision-tower" if scores_tower(command) else "--model", path, "--output", str(result)]
+        args = [command, "--vision-tower" if on_tower else "--model", path, "--output", str(result)]
         for key, value in flags.items():
             args += [f"--{key}", str(value)]
         written = benchmark(command).metrics_files(result, flags)

@@ -53,6 +53,23 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def set_flags(values: dict[str, Any]) -> list[str]:
+    """`--set KEY=VALUE` flags of a stage command from a (nested) dict of config overrides; nested
+    keys become dotted ones, and lists, dicts and booleans are written as JSON (which YAML reads back)."""
+    flags = []
+    for key, value in _flatten(values):
+        flags += ["--set", f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}"]
+    return flags
+
+
+def _flatten(values: dict[str, Any], prefix: str = ""):
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def launch_argv(module: str, args: list[str], launch: Launch) -> list[str]:
     """`python -m module args` in `launch.gpus` processes."""
     if launch.gpus <= 1 and not launch.hostfile:

@@ -29,7 +29,7 @@ from typing import Any
 from llava_plugin import jobs as jobs_module
 from llava_plugin.config import ConfigError, deep_merge, from_dict, load_yaml_preset, to_dict
 from llava_plugin.config import documented as _help
-from llava_plugin.jobs import Job, python_module
+from llava_plugin.jobs import Job, python_module, set_flags
 
 logger = logging.getLogger("world")
 PRESET_DIR = Path(str(resources.files("world") / "configs"))
@@ -83,13 +83,6 @@ def _py(*args: str) -> list[str]:
     return python_module(*args)
 
 
-def _sets(overrides: dict[str, Any]) -> list[str]:
-    out = []
-    for key, value in overrides.items():
-        out += ["--set", f"{key}={json.dumps(value) if isinstance(value, (list, dict, bool)) else value}"]
-    return out
-
-
 def _flags(options: dict[str, Any]) -> list[str]:
     return [str(x) for key, value in options.items() for x in (f"--{key}", value)]
 
@@ -112,7 +105,7 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
         jobs.append(Job(build, [], zoo / "zoo.json"))  # built by run_study's first phase
         clip = world / f"seed-{seed}" / "models" / "clip"
         towers = {BASE: (clip, build)}
-        common = ["--zoo", str(zoo), *_sets({"seed": seed, "data.seed": seed, **cfg.enhance})]
+        common = ["--zoo", str(zoo), *set_flags({"seed": seed, "data.seed": seed, **cfg.enhance})]
         sensitivity = world / f"seed-{seed}" / "sensitivity.json"
         jobs.append(Job(f"sensitivity/seed-{seed}", _py("world", "sensitivity", "--zoo", str(zoo), "--output",
                                                         str(sensitivity), *_flags(cfg.sensitivity)), sensitivity,
@@ -134,7 +127,7 @@ def plan(cfg: StudyConfig, out: Path) -> list[Job]:
                 run = root / "towers" / tower
                 name = f"enhance/seed-{seed}/{tower}"
                 jobs.append(Job(name, _py("enhance", "train", "--preset", recipe.preset, "--output", str(run), *common,
-                                          *generator, *_sets(overrides)), run / "vision_tower" / "genfeedback.json",
+                                          *generator, *set_flags(overrides)), run / "vision_tower" / "genfeedback.json",
                                 deps))
                 towers[tower] = (run / "vision_tower", name)
         for tower, (path, dep) in towers.items():
@@ -158,7 +151,7 @@ def llava_jobs(cfg: StudyConfig, tower: str, where: tuple[Path, str], zoo: Path,
     """LLaVA pretrain + finetune on `tower`, then world MMVP and CV-Bench."""
     path, dep = where
     run = root / "llava" / tower
-    sets = _sets({"seed": seed, **cfg.llava.get("set", {})})
+    sets = set_flags({"seed": seed, **cfg.llava.get("set", {})})
     base = ["--vision-tower", str(path), "--llm", str(_zoo_field(zoo, "llm"))]
     pre, fin = f"llava/seed-{seed}/{tower}/pretrain", f"llava/seed-{seed}/{tower}/finetune"
     llava_dir = run / "finetune" / "llava"
