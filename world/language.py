@@ -172,10 +172,9 @@ def reading_check(lm_dir: Path | str, n: int = 60, seed: int = 12345) -> dict:
             for mode in ("described", "blind"):
                 right = 0
                 for scene, human, gold in asked:
-                    turns = [{"from": "human", "value": "<image>\n" + human}, {"from": "gpt", "value": ""}]
-                    text = render_chat(turns, image_text=scene.full_caption if mode == "described" else None)
-                    cut = text.rindex(_chat_format().assistant_prompt) + len(_chat_format().assistant_prompt)
-                    prompt = text[:cut]
+                    turn = {"from": "human", "value": "<image>\n" + human}
+                    prompt = render_chat([turn], image_text=scene.full_caption if mode == "described" else None)
+                    prompt += _chat_format().assistant_prompt  # where the answer begins
                     ids = tokenizer(prompt.rstrip(), return_tensors="pt").input_ids
                     with torch.no_grad():
                         out = model.generate(ids, generation_config=greedy)
