@@ -15,6 +15,7 @@ Output directory: `metrics.jsonl`, `config.json` (the resolved config), `checkpo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict
@@ -67,16 +68,18 @@ class LlavaTrainer(Trainer):
         cfg = self.cfg
         model, self.processor = build_model(cfg)
         llava = unwrap(model)
+        # the tower never trains: under ZeRO-3 it stays whole on every rank, unhooked (FrozenOutside)
+        self.tower_outside = (ds.FrozenOutside(llava.model, "vision_tower", self.device)
+                              if self.zero_stage == 3 else None)
         self.dataset = LlavaDataset(
             cfg.data, self.processor.tokenizer, get_template(cfg.template), self.processor.image_processor,
             image_token_id=llava.config.image_token_id, num_image_tokens=llava.config.image_seq_length)
         self.collator = (PackedCollator() if cfg.data.pack_sequences
                          else Collator(default_pad_token_id(self.processor.tokenizer)))
-        zero_stage = ds.zero_stage(cfg.deepspeed.load())
         mixed = len(set(self.dataset.has_image)) > 1
-        if mixed and zero_stage == 3 and not cfg.data.group_by_modality_length and self.world > 1:
+        if mixed and self.zero_stage == 3 and not cfg.data.group_by_modality_length and self.world > 1:
             raise ConfigError(f"{cfg.data.data_path} mixes image and text-only samples: under ZeRO-3 every rank "
-                              f"must run the tower together, so set data.group_by_modality_length: true")
+                              f"must run the projector together, so set data.group_by_modality_length: true")
         self.order = EpochOrder(lambda epoch: epoch_steps(self.dataset.lengths, self.dataset.has_image, cfg, epoch))
         if distributed.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
@@ -128,8 +131,9 @@ class LlavaTrainer(Trainer):
                     "llm": cfg.model.llm, "init_from": cfg.model.init_from, "template": cfg.template,
                     "image_aspect_ratio": cfg.data.image_aspect_ratio, "lora": asdict(cfg.lora) if cfg.lora.enabled
                     else None, "pretrained_projector": cfg.model.pretrained_projector}
-        return export_llava(self.engine, self.processor, self.out / EXPORT_DIR, lora_scaling=lora_scaling,
-                            projector_file=projector, metadata=metadata, dtype=self.dtype)
+        with self.tower_outside.restored() if self.tower_outside else contextlib.nullcontext():
+            return export_llava(self.engine, self.processor, self.out / EXPORT_DIR, lora_scaling=lora_scaling,
+                                projector_file=projector, metadata=metadata, dtype=self.dtype)
 
     def fit(self, stop_after: int | None = None) -> Path | None:
         """setup, train, export; returns the export dir (rank 0), or None when `stop_after` steps

@@ -238,3 +238,26 @@ def test_packed_micro_batches_train_like_padded_ones(zoo, tmp_path):
         losses.append([line["loss"] for line in lines])
         assert [line["samples"] for line in lines] == [4, 4, 4]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_zero3_keeps_the_frozen_tower_whole_and_trains_as_without_zero(zoo, tmp_path):
+    """ZeRO-3 partitions the LLM and projector, never the frozen tower (FrozenOutside), and a
+    1-process run, which drops to stage 0, follows the same loss curve and exports the same model."""
+    runs = {}
+    for name, keep in (("zero3", True), ("stage0", False)):
+        cfg = stage_config(zoo, tmp_path / name, "finetune", str(zoo.clip), schedule={"max_steps": 2},
+                           deepspeed={"config": "zero3", "keep_zero_on_one_process": keep})
+        trainer = LlavaTrainer(cfg).setup()
+        assert trainer.zero_stage == (3 if keep else 0)
+        llava = trainer.engine.module
+        if keep:
+            assert not any(n.startswith("model.vision_tower.") for n, _ in llava.named_parameters())
+            assert all(not hasattr(p, "ds_id") for p in llava.model.vision_tower.parameters())
+            assert all(hasattr(p, "ds_id") for p in llava.model.language_model.parameters())
+        trainer.train()
+        runs[name] = ([r["loss"] for r in trainer.history], load_state(trainer.finish()))
+    assert runs["zero3"][0] == pytest.approx(runs["stage0"][0], rel=1e-5)
+    a, b = runs["zero3"][1], runs["stage0"][1]
+    assert sorted(a) == sorted(b) and any(k.startswith(TOWER) for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)

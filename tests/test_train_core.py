@@ -140,3 +140,17 @@ def test_metrics_log_survives_a_torn_last_line(tmp_path):
     with pytest.raises(BadFileError, match=r"metrics.jsonl:2 is not valid JSON"):
         read_metrics(path)
     assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_one_process_trains_without_zero_unless_kept_or_offloading(caplog):
+    from llava_plugin.train import deepspeed as ds
+
+    zero3 = ds.load_json("zero3")
+    with caplog.at_level("INFO", logger="genfeedback"):
+        single = ds.for_world(zero3, 1)
+    assert ds.zero_stage(single) == 0 and "has nothing to partition" in caplog.text
+    assert ds.for_world(zero3, 2) is zero3  # more ranks: the preset's stage
+    assert ds.for_world(zero3, 1, keep=True) is zero3
+    offload = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+    assert ds.for_world(offload, 1) is offload  # ZeRO-Offload is worth its hooks on one GPU
+    assert ds.zero_stage(ds.for_world(ds.load_json("zero2"), 1)) == 0

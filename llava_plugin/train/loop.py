@@ -15,7 +15,8 @@ partitions before clipping, the same value on every rank); with no ZeRO in fp32 
 none, and `backward_step` takes it from the (already all-reduced, identical) gradients itself.
 
 A stage overrides:
-    build()                    -> the module DeepSpeed wraps (tower + method, or the LLaVA)
+    build()                    -> the module DeepSpeed wraps (tower + method, or the LLaVA); it may
+                                  read `zero_stage`, the stage chosen for this world size
     param_groups(module)       -> optimizer groups (default: everything that requires grad); a group
                                   may carry HELD_STEPS_KEY: N (lr factor 0 for its first N steps, see
                                   llava_plugin.train.schedule), which the loop removes before the optimizer
@@ -131,6 +132,8 @@ class Trainer:
         self.plan = BatchPlan(global_batch=cfg.batch.global_batch_size, micro_batch=cfg.batch.micro_batch_size,
                               world_size=self.world, rank=self.rank)
         self.plan.check("batch.")
+        # ZeRO as this world size runs it (one process: stage 0), known to build() (see zero_stage)
+        self.zero_config = cfg.deepspeed.for_world(self.world)
         module = self.build()
         self.steps_per_epoch = self.num_steps_per_epoch()
         self.max_steps = cfg.schedule.max_steps or math.ceil(cfg.schedule.epochs * self.steps_per_epoch)
@@ -142,7 +145,7 @@ class Trainer:
                               ratio=cfg.schedule.warmup_ratio)
         scheduler = build_scheduler(optimizer, kind=cfg.schedule.kind, max_steps=self.max_steps, warmup=warmup,
                                     min_lr_ratio=cfg.schedule.min_lr_ratio, held_steps=held)
-        self.ds_config = ds.fill(cfg.deepspeed.load(), global_batch=cfg.batch.global_batch_size,
+        self.ds_config = ds.fill(self.zero_config, global_batch=cfg.batch.global_batch_size,
                                  micro_batch=cfg.batch.micro_batch_size, accumulation=self.plan.accumulation,
                                  bf16=self.dtype == torch.bfloat16, grad_clip=cfg.optim.grad_clip)
         self.engine = ds.build_engine(module, optimizer, scheduler, self.ds_config)
@@ -159,6 +162,11 @@ class Trainer:
                 truncate_metrics(self.metrics_file, -1)  # a fresh start: rows of an earlier attempt go
             self.start_hook()
         return self
+
+    @property
+    def zero_stage(self) -> int:
+        """The ZeRO stage this run trains with (after setup has chosen it for the world size)."""
+        return ds.zero_stage(self.zero_config)
 
     def _resume_dir(self) -> Path | None:
         mode = self.cfg.checkpointing.resume
