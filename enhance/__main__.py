@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="run directory (metrics.jsonl, checkpoints/, vision_tower/)")
     train.add_argument("--deepspeed", help="zero2 | zero3 | path to a DeepSpeed JSON (sets deepspeed.config)")
     train.add_argument("--max-steps", type=int, help="optimizer steps (sets schedule.max_steps; every stage's)")
+    train.add_argument("--cache-latents", action="store_true",
+                       help="encode every image's generator targets once and read them from disk afterwards "
+                            "(sets cache.latents; the log gives the size, a disk too small is refused)")
     train.add_argument("--backbone", help="with --preset paper: the published backbone (default openai-l14-224; "
                        "`python -m enhance presets` lists the <method>-<backbone> presets)")
     train.add_argument("--check", action="store_true", help="resolve and check the run (config, stages, input "
@@ -99,6 +102,8 @@ def _preset_and_overrides(args) -> tuple[str, dict]:
         flags["deepspeed"] = {"config": args.deepspeed}
     if getattr(args, "max_steps", None) is not None:
         flags["schedule"] = {"max_steps": args.max_steps}
+    if getattr(args, "cache_latents", False):
+        flags["cache"] = {"latents": True}
     preset = resolve_preset(args.method, args.preset, getattr(args, "backbone", None), args.zoo)
     return preset, deep_merge(flags, parse_overrides(args.set))
 

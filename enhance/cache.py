@@ -35,6 +35,32 @@ class StaleCacheError(GenfeedbackError, ValueError):
     """The cache on disk was built from something else than this run."""
 
 
+class CacheDiskError(GenfeedbackError, OSError):
+    """The cache would not fit on the disk it is to be written to."""
+
+
+def bytes_per_image(targets: dict[str, torch.Tensor]) -> int:
+    """Disk bytes of one image's row in a shard (its targets plus the `valid` flag)."""
+    return sum(t[0].numel() * t.element_size() for t in targets.values()) + 1
+
+
+def check_disk(cache_dir: Path, images: int, per_image: int, keys: list[str]) -> int:
+    """Log the cache's size and refuse, in one line, a disk that cannot hold it."""
+    import logging
+
+    total = images * per_image
+    free = shutil.disk_usage(cache_dir).free
+    if distributed.is_main():
+        logging.getLogger("genfeedback").info(
+            "latent cache: %d images x %.1f KB (%s) = %.2f GB in %s (%.1f GB free)", images, per_image / 1024,
+            ", ".join(keys), total / 1e9, cache_dir, free / 1e9)
+    if total > free:
+        raise CacheDiskError(f"latent cache {cache_dir}: {images} images x {per_image / 1024:.1f} KB need "
+                             f"{total / 1e9:.1f} GB, the disk has {free / 1e9:.1f} GB free; set cache.dir to a "
+                             f"larger disk or turn the cache off (cache.latents=false)")
+    return total
+
+
 def images_fingerprint(source: ImageSource) -> dict:
     keys = source.keys()
     digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
@@ -100,6 +126,8 @@ def build(cache_dir: Path, source: ImageSource, manifest: dict, *,
             if not images:
                 continue
             targets = encode(preprocess(images))
+            if shard == distributed.rank() and start == lo:  # each rank's first batch: the size, once
+                check_disk(cache_dir, len(source), bytes_per_image(targets), sorted(targets))
             for row, index in enumerate(indices):
                 rows[index] = {k: v[row].detach().cpu() for k, v in targets.items()}
         if not rows:

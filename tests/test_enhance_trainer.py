@@ -270,3 +270,20 @@ def test_pairs_diagnostic_names_a_bad_file(tmp_path):
     bad.write_text('{"image": "a.png"}\n')
     with pytest.raises(DataError, match=r"pairs.jsonl:1: expected"):
         read_pairs(bad)
+
+
+def test_latent_cache_states_its_size_and_refuses_a_disk_too_small(tmp_path, caplog):
+    import shutil as _shutil
+
+    import torch as _torch
+
+    from enhance.cache import CacheDiskError, bytes_per_image, check_disk
+
+    per_image = bytes_per_image({"latent_mean": _torch.zeros(2, 4, 8, 8)})
+    assert per_image == 4 * 8 * 8 * 4 + 1  # one image's row: its mean (fp32) + the valid flag
+    with caplog.at_level("INFO", logger="genfeedback"):
+        assert check_disk(tmp_path, 1000, per_image, ["latent_mean"]) == 1000 * per_image
+    assert "latent cache: 1000 images" in caplog.text and "latent_mean" in caplog.text
+    too_many = _shutil.disk_usage(tmp_path).free // per_image + 1
+    with pytest.raises(CacheDiskError, match=r"need .* GB, the disk has .* GB free; set cache.dir"):
+        check_disk(tmp_path, too_many, per_image, ["latent_mean"])

@@ -119,6 +119,8 @@ def test_cached_targets_give_the_same_loss(method, tmp_path):
     images = scenes(3)
     cached = method.preprocess(images)
     cached |= method.encode_targets(cached)
+    # un2CLIP samples the posterior (sample_latents), so the cache keeps its log-variance too
+    assert sorted(k for k in cached if k.startswith("latent")) == ["latent_logvar", "latent_mean"]
     torch.save({k: cached[k] for k in ("latent_mean", "latent_logvar")}, tmp_path / "cache.pt")
     from_cache = method.preprocess(images) | torch.load(tmp_path / "cache.pt")
     fresh = method.preprocess(images)

@@ -189,7 +189,7 @@ class LatentDiffusion:
         return dist.mean, dist.logvar
 
     def latents(
-        self, mean: torch.Tensor, logvar: torch.Tensor, rng: torch.Generator | None, sample: bool
+        self, mean: torch.Tensor, logvar: torch.Tensor | None, rng: torch.Generator | None, sample: bool
     ) -> torch.Tensor:
         """Scaled latents for the UNet: the posterior mean, or a draw from it when `sample`."""
         z = mean + torch.exp(0.5 * logvar) * randn(mean.shape, rng, mean) if sample else mean

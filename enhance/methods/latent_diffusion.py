@@ -66,8 +66,10 @@ class LatentDiffusionFeedback(Method):
 
     @torch.no_grad()
     def encode_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The VAE posterior mean, and its log-variance only when latents are sampled from it (a
+        latent cache then stores half as much for DIVA and un2CLIP, which read the mean)."""
         mean, logvar = self.generator.posterior(batch["generator_pixels"])
-        return {"latent_mean": mean, "latent_logvar": logvar}
+        return {"latent_mean": mean, "latent_logvar": logvar} if self.cfg.sample_latents else {"latent_mean": mean}
 
     def timestep_range(self) -> tuple[float, float]:
         """The [low, high) timesteps training draws from: the `timestep_range` band, in steps."""
@@ -83,8 +85,8 @@ class LatentDiffusionFeedback(Method):
         both with draw-major rows [draws * B, ...]; averaged over the draws, or their `draw_weights` sum."""
         batch_size = context.shape[0] // draws
         latents = self.generator.latents(
-            batch["latent_mean"].to(context.device), batch["latent_logvar"].to(context.device), rng,
-            self.cfg.sample_latents,
+            batch["latent_mean"].to(context.device),
+            batch["latent_logvar"].to(context.device) if self.cfg.sample_latents else None, rng, self.cfg.sample_latents,
         ).repeat(draws, 1, 1, 1)
         t = self.generator.timesteps(batch_size, draws, rng, context.device, fixed=timesteps,
                                      band=self.cfg.timestep_range)
