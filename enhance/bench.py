@@ -1,5 +1,8 @@
 """`python -m enhance bench`: training speed and peak memory per method, side by side, for
 
+    upstream         the per-step work of upstream DIVA's loop: the frozen generator cast to fp32
+                     and the VAE latents encoded at every step (baaivision/DIVA
+                     models/SD_with_OpenAICLIP.py:116-118), on our step otherwise
     plain            the loop as configured
     cache            latent cache on (targets read from disk instead of encode_targets each step)
     checkpointing    gradient checkpointing of the tower
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 
 VARIANTS: dict[str, dict] = {
+    "upstream": {"cache": {"latents": False}},
     "plain": {},
     "cache": {"cache": {"latents": True}},
     "checkpointing": {"precision": {"gradient_checkpointing": True}},
@@ -94,9 +98,22 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def upstream_trainer_class():
+    """EnhanceTrainer plus upstream DIVA's per-step casts (see `upstream` in the module doc)."""
+    from enhance.trainer import EnhanceTrainer
+
+    class UpstreamStepTrainer(EnhanceTrainer):
+        def forward_backward_step(self, item: dict) -> dict[str, float]:
+            for module in self.method.frozen.values():
+                module.to(torch.float32)
+            return super().forward_backward_step(item)
+
+    return UpstreamStepTrainer
+
+
 def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, steps: int, warmup: int,
               workdir: Path, memory: PeakMemory) -> dict:
-    from enhance.config import load_config
+    from enhance.config import ConfigError, load_config
     from enhance.trainer import EnhanceTrainer
     from llava_plugin.config import deep_merge
 
@@ -106,7 +123,10 @@ def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, st
              "logging": {"progress_bar": False}, "diagnose": {"images": 0}}
     cfg = load_config(preset=preset, overrides=deep_merge(deep_merge(overrides, VARIANTS[variant]), fixed), zoo=zoo)
     start = time.perf_counter()
-    trainer = EnhanceTrainer(cfg).setup()
+    if variant == "upstream" and cfg.precision.dtype != "fp32":
+        raise ConfigError(f"variant upstream runs the generator in fp32 as upstream DIVA does; bench it with "
+                          f"--set precision.dtype=fp32 ({preset} trains in {cfg.precision.dtype})")
+    trainer = (upstream_trainer_class() if variant == "upstream" else EnhanceTrainer)(cfg).setup()
     setup_s = time.perf_counter() - start
     memory.reset()  # models loaded: what the steps add on top is what the variants change
     trainer.train(warmup)
@@ -126,16 +146,21 @@ def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, st
 
 
 def format_table(rows: list[dict], memory_kind: str) -> str:
-    header = (f"{'preset':<28} {'variant':<14} {'img/s':>9} {'x plain':>8} {'peak MB':>9} {'+MB':>8} "
-              f"{'x plain':>8} {'setup s':>8}")
+    header = (f"{'preset':<28} {'variant':<14} {'img/s':>9} {'x upstream':>10} {'x plain':>8} {'peak MB':>9} "
+              f"{'+MB':>8} {'x plain':>8} {'setup s':>8}")
     lines = [header]
     plain = {r["preset"]: r for r in rows if r["variant"] == "plain"}
+    upstream = {r["preset"]: r for r in rows if r["variant"] == "upstream"}
+
+    def speedup(row: dict, base: dict | None) -> str:
+        return f"{row['images_per_s'] / base['images_per_s']:.2f}" if base else "-"
+
     for r in rows:
         base = plain.get(r["preset"])
-        speed = f"{r['images_per_s'] / base['images_per_s']:.2f}" if base else "-"
         extra, base_extra = r["peak_over_baseline_mb"], base["peak_over_baseline_mb"] if base else 0.0
         mem = f"{extra / base_extra:.2f}" if base and base_extra > 0 else "-"
-        lines.append(f"{r['preset']:<28} {r['variant']:<14} {r['images_per_s']:>9.2f} {speed:>8} "
+        lines.append(f"{r['preset']:<28} {r['variant']:<14} {r['images_per_s']:>9.2f} "
+                     f"{speedup(r, upstream.get(r['preset'])):>10} {speedup(r, base):>8} "
                      f"{r['peak_mb']:>9.1f} {extra:>8.1f} {mem:>8} {r['setup_s']:>8.1f}")
     lines.append(f"memory: {memory_kind}; +MB = peak minus what was resident once the models were loaded "
                  "(the ratio compares those); setup s includes building the latent cache")
@@ -205,5 +230,8 @@ def _bench_in_child(args, preset: str, variant: str, zoo: str | None, workdir: P
     env = {k: v for k, v in os.environ.items() if k not in launcher_env}  # each child is its own 1-process run
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"bench of {preset}/{variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        from llava_plugin.errors import GenfeedbackError
+
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise GenfeedbackError(f"bench of {preset}/{variant} failed (exit {proc.returncode}): {last}")
     return json.loads(out.read_text())["rows"][0]

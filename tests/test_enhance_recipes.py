@@ -133,11 +133,11 @@ def test_bench_measures_every_variant_side_by_side(recipe_zoo, tmp_path, capsys)
     assert main(["bench", "--presets", "tiny-genhancer-stage1", "--zoo", str(recipe_zoo.root), "--steps", "1",
                  "--warmup", "1", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert [r["variant"] for r in result["rows"]] == ["plain", "cache", "checkpointing"]
+    assert [r["variant"] for r in result["rows"]] == ["upstream", "plain", "cache", "checkpointing"]
     assert result["memory_measure"].startswith(("VmHWM", "torch.cuda", "ru_maxrss"))
     assert result["isolated_processes"] is True  # CPU: one fresh process per variant
     for row in result["rows"]:
         assert row["images_per_s"] > 0 and row["peak_mb"] >= row["peak_over_baseline_mb"] >= 0
         assert row["images"] == 8 and row["final_loss"] == row["final_loss"]
     table = capsys.readouterr().out
-    assert "x plain" in table and "tiny-genhancer-stage1" in table and "VmHWM" in table
+    assert "x plain" in table and "x upstream" in table and "tiny-genhancer-stage1" in table and "VmHWM" in table
