@@ -1,0 +1,57 @@
+"""The peer benchmarks (benchmarks/): their bookkeeping, and the eval one end to end on the tiny
+zoo. Speeds are results of a benchmark run (benchmarks/README.md), never asserted here."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_llava_peer_ratio_is_the_timed_window_of_each_round():
+    peer = load("llava_peer")
+    rounds = [{"genfeedback": {"step_s": [9.0, 1.0, 1.0], "tokens": [5, 100, 100], "peak_rss_mb": 900, "wall_s": 20},
+               "original": {"step_s": [9.0, 2.0, 2.0], "peak_rss_mb": 400, "wall_s": 30}},
+              {"genfeedback": {"step_s": [9.0, 1.0, 1.0], "tokens": [5, 100, 100], "peak_rss_mb": 910, "wall_s": 21},
+               "original": {"step_s": [9.0, 3.0, 3.0], "peak_rss_mb": 410, "wall_s": 31}}]
+    summary = peer.summarize(rounds, skip=1)
+    assert summary["ratio"] == {"median": 2.5, "min": 2.0, "max": 3.0, "rounds": 2}
+    assert summary["genfeedback"]["tokens_per_s"] == 100  # 200 tokens in 2 s
+    assert summary["original"]["tokens_per_s"] == pytest.approx((50 + 200 / 6) / 2)  # the same tokens in 4 s, 6 s
+    assert summary["original"]["step_ms"] == 2500
+    row = peer.table([{"procs": 1, "genfeedback_as": "a", "original_as": "b", "summary": summary}])
+    assert "**2.50x** (2.00-3.00, 2 rounds)" in row.splitlines()[-1]
+
+
+def test_llava_peer_gives_the_original_a_legacy_tokenizer_copy(tmp_path):
+    peer = load("llava_peer")
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    (llm / "tokenizer_config.json").write_text(json.dumps({"legacy": False, "model_max_length": 7}))
+    (llm / "model.safetensors").write_bytes(b"w")
+    copy = peer.legacy_tokenizer_copy(llm, tmp_path / "copy")
+    assert json.loads((copy / "tokenizer_config.json").read_text()) == {"legacy": True, "model_max_length": 7}
+    assert (copy / "model.safetensors").is_symlink()
+
+
+def test_llava_peer_refuses_a_directory_that_is_not_a_llava_checkout(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load("llava_peer").main(["--llava", str(tmp_path), "--work", str(tmp_path / "w")])
+    assert exit_info.value.code == 2 and "no llava/train/train.py" in capsys.readouterr().err
+
+
+def test_eval_peer_times_both_models_on_lmms_evals_own_requests(zoo, tmp_path, capsys):
+    data = zoo.data["vqa_root"]
+    assert load("eval_peer").main(["--model", str(zoo.llava), "--data-root", str(data), "--rounds", "1",
+                                   "--batch-size", "4", "--work", str(tmp_path), "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["requests"] == 24 and set(result["seconds"]) == {"genfeedback_llava", "llava_hf"}
+    assert "| shapes_vqa (24) |" in capsys.readouterr().out
