@@ -57,6 +57,13 @@ logger = logging.getLogger("genfeedback")
 HELD_STEPS_KEY = "held_steps"
 
 
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process started (imports included), for the start-up log line."""
+    import psutil  # a DeepSpeed dependency
+
+    return time.time() - psutil.Process().create_time()
+
+
 class Trainer:
     #: shown on the progress bar
     name = "train"
@@ -161,6 +168,8 @@ class Trainer:
             if distributed.is_main():
                 truncate_metrics(self.metrics_file, -1)  # a fresh start: rows of an earlier attempt go
             self.start_hook()
+        if distributed.is_main():
+            logger.info("ready to train %.1f s after the process started", seconds_since_process_start())
         return self
 
     @property
