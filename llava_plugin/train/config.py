@@ -108,9 +108,9 @@ class DeepSpeedConfig:
                         "'optimizer'/'scheduler' block in it (`--deepspeed`).", "zero2")
 
     keep_zero_on_one_process: bool = _help(
-        "With one process ZeRO has nothing to partition but still hooks every module (measured 0.51x the tokens/s "
-        "of no ZeRO on the tiny LLaVA, benchmarks/README.md), so a 1-process run drops to stage 0 unless the JSON "
-        "offloads to CPU/NVMe; true keeps the JSON's stage.", False)
+        "With one process ZeRO has nothing to partition but still hooks every module (the tiny LLaVA finetune "
+        "under ZeRO-3 ran at 0.51x the original LLaVA's tokens/s, at stage 0 1.52x: benchmarks/README.md), so a "
+        "1-process run drops to stage 0 unless the JSON offloads to CPU/NVMe; true keeps the JSON's stage.", False)
 
     def validate(self) -> None:
         ds.check_name(self.config, "deepspeed.config")
