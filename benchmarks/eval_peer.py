@@ -25,13 +25,10 @@ import copy
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def build_requests(lm, task: str, data_root: Path, work: Path):
@@ -71,13 +68,12 @@ def timed_generation(lm, requests) -> tuple[float, list[str]]:
 
 
 def tiny_zoo(work: Path) -> tuple[Path, Path]:
+    """The tiny zoo's LLaVA and VQA data root (the zoo is built under `work` when missing)."""
+    from llava_plugin.toy import build_zoo, load_zoo
+
     root = work / "zoo"
-    if not (root / "zoo.json").exists():
-        subprocess.run([sys.executable, "-m", "llava_plugin.toy", "--out", str(root)], check=True, cwd=REPO,
-                       stdout=subprocess.DEVNULL)
-    zoo = json.loads((root / "zoo.json").read_text())
-    data = zoo["data"]
-    return Path(zoo["llava"]), Path(data.get("vqa_root") or Path(data["vqa"]).parent)  # older zoos: no vqa_root
+    zoo = load_zoo(root) if (root / "zoo.json").exists() else build_zoo(root, seed=0)
+    return zoo.llava, zoo.data["vqa_root"]
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,7 @@ so it trains on the same supervision; nothing else differs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -106,8 +107,10 @@ def run_measured(argv: list[str], env: dict, log_file: Path, cwd: Path | None = 
 
 
 def thread_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
+    """One thread per process, offline, CPU DeepSpeed; no rendezvous inherited from this process."""
+    from llava_plugin.distributed import child_environment
+
+    env = child_environment()
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                DS_ACCELERATOR="cpu", LOCAL_SIZE="2", CUDA_VISIBLE_DEVICES="")
     return env
@@ -166,36 +169,31 @@ def original_run(peer: dict, zoo: dict, out: Path, procs: int, steps: int, cores
     measured = run_measured(["taskset", "-c", cores, *argv], env, out.with_suffix(".log"), cwd=peer["checkout"])
     times = json.loads((out / "times.json").read_text())
     ends = [times["train_begin"], *times["step_ends"]]
-    return {**measured, "step_s": [b - a for a, b in zip(ends, ends[1:])], "first_loss": times["losses"][0],
+    return {**measured, "step_s": [b - a for a, b in itertools.pairwise(ends)], "first_loss": times["losses"][0],
             "tower_dtype": times["tower_dtype"], "llm_dtype": times["llm_dtype"]}
 
 
 # ------------------------------------------------------------------ rounds and the table
-def window(values: list[float], skip: int) -> list[float]:
-    return values[skip:]
-
-
 def summarize(rounds: list[dict], skip: int) -> dict:
     """Per side: median tokens/s, step time, peak RSS; the per-round ratio's median, min and max."""
     sides = {}
     for side in ("genfeedback", "original"):
-        tokens = [sum(window(r["genfeedback"]["tokens"], skip)) for r in rounds]
-        seconds = [sum(window(r[side]["step_s"], skip)) for r in rounds]
-        steps = len(window(rounds[0][side]["step_s"], skip))
+        tokens = [sum(r["genfeedback"]["tokens"][skip:]) for r in rounds]
+        seconds = [sum(r[side]["step_s"][skip:]) for r in rounds]
+        steps = len(rounds[0][side]["step_s"][skip:])
         sides[side] = {"tokens_per_s": statistics.median(t / s for t, s in zip(tokens, seconds)),
                        "step_ms": statistics.median(1000 * s / steps for s in seconds),
                        "peak_rss_mb": statistics.median(r[side]["peak_rss_mb"] for r in rounds),
                        "wall_s": statistics.median(r[side]["wall_s"] for r in rounds)}
-    ratios = [sum(window(r["original"]["step_s"], skip)) / sum(window(r["genfeedback"]["step_s"], skip))
-              for r in rounds]
+    ratios = [sum(r["original"]["step_s"][skip:]) / sum(r["genfeedback"]["step_s"][skip:]) for r in rounds]
     return {**sides, "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                "rounds": len(ratios)}}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| processes | genfeedback runs as | original runs as | genfeedback tokens/s | original tokens/s | genfeedback / original "
-             "(median, min-max over rounds) | step ms (gf / orig) | peak RSS MB (gf / orig) |",
-             "|---|---|---|---|---|---|---|---|"]
+    header = ("| processes | genfeedback runs as | original runs as | genfeedback tokens/s | original tokens/s "
+              "| genfeedback / original (median, min-max over rounds) | step ms (gf / orig) | peak RSS MB (gf / orig) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in results:
         s, ratio = r["summary"], r["summary"]["ratio"]
         gf, orig = s["genfeedback"], s["original"]
@@ -207,15 +205,17 @@ def table(results: list[dict]) -> str:
 
 
 def tiny_zoo(path: Path | None, work: Path) -> dict:
+    """The paths both trainers read: `path`'s zoo, or one built under `work` (vision, llm, data)."""
+    from llava_plugin.toy import build_zoo, load_zoo
+
     root = path or work / "zoo"
-    if not (root / "zoo.json").exists():
+    if (root / "zoo.json").exists():
+        zoo = load_zoo(root)
+    else:
         log(f"building the tiny zoo in {root}")
-        subprocess.run([sys.executable, "-m", "llava_plugin.toy", "--out", str(root), "--parts", "vision,llm,data"],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    zoo = json.loads((root / "zoo.json").read_text())
-    return {"clip": str(Path(zoo["clip"]).resolve()), "llm": str(Path(zoo["llm"]).resolve()),
-            "data": str(Path(zoo["data"]["llava_finetune"]).resolve()),
-            "images": str(Path(zoo["data"]["llava_image_folder"]).resolve())}
+        zoo = build_zoo(root, seed=0, parts=["vision", "llm", "data"])
+    return {"clip": str(zoo.clip), "llm": str(zoo.llm), "data": str(zoo.data["llava_finetune"]),
+            "images": str(zoo.data["llava_image_folder"])}
 
 
 def main(argv=None) -> int:

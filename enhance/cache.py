@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 from collections.abc import Callable
@@ -26,6 +27,8 @@ import torch
 from enhance.data import BadImage, ImageSource
 from llava_plugin import distributed
 from llava_plugin.errors import GenfeedbackError
+
+logger = logging.getLogger("genfeedback")
 
 MANIFEST = "manifest.json"
 VALID_KEY = "valid"
@@ -46,12 +49,10 @@ def bytes_per_image(targets: dict[str, torch.Tensor]) -> int:
 
 def check_disk(cache_dir: Path, images: int, per_image: int, keys: list[str]) -> int:
     """Log the cache's size and refuse, in one line, a disk that cannot hold it."""
-    import logging
-
     total = images * per_image
     free = shutil.disk_usage(cache_dir).free
     if distributed.is_main():
-        logging.getLogger("genfeedback").info(
+        logger.info(
             "latent cache: %d images x %.1f KB (%s) = %.2f GB in %s (%.1f GB free)", images, per_image / 1024,
             ", ".join(keys), total / 1e9, cache_dir, free / 1e9)
     if total > free:
