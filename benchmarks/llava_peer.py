@@ -238,6 +238,14 @@ def main(argv=None) -> int:
     procs = [int(p) for p in args.procs.split(",")]
     if max(procs) > (os.cpu_count() or 1):
         parser.error(f"--procs {args.procs}: this machine has {os.cpu_count()} cores (one per process)")
+    try:
+        return _measure(args, procs)
+    except (RuntimeError, subprocess.CalledProcessError) as err:  # a run failed: its log says why
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _measure(args: argparse.Namespace, procs: list[int]) -> int:
     zoo = tiny_zoo(args.zoo, args.work)
     peer = {"checkout": args.llava.resolve(), "python": str(side_venv(args.work / "venv", deepspeed=False)),
             "llm": str(legacy_tokenizer_copy(Path(zoo["llm"]), args.work / "llm-legacy-tokenizer"))}

@@ -55,3 +55,18 @@ def test_eval_peer_times_both_models_on_lmms_evals_own_requests(zoo, tmp_path, c
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["requests"] == 24 and set(result["seconds"]) == {"genfeedback_llava", "llava_hf"}
     assert "| shapes_vqa (24) |" in capsys.readouterr().out
+
+
+def test_llava_peer_reports_a_failed_run_in_one_line(tmp_path, capsys, monkeypatch):
+    peer = load("llava_peer")
+    checkout = tmp_path / "LLaVA"
+    (checkout / "llava" / "train").mkdir(parents=True)
+    (checkout / "llava" / "train" / "train.py").write_text("")
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("python ... exited 1; see run.log: boom")
+
+    monkeypatch.setattr(peer, "tiny_zoo", failing)
+    assert peer.main(["--llava", str(checkout), "--work", str(tmp_path / "w"), "--procs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: python ... exited 1; see run.log: boom" and "Traceback" not in err

@@ -122,8 +122,10 @@ def test_cli_flags_map_to_config_fields(tmp_path):
     args = build_parser().parse_args([
         "train", "--method", "un2clip", "--vision-tower", "T", "--generator", "G", "--data", "D", "--output",
         str(tmp_path), "--deepspeed", "zero3", "--max-steps", "7", "--set", "optim.lr=2e-7",
-        "--set", "method.noise_level=3"])
+        "--set", "method.noise_level=3", "--cache-latents"])
     cfg = config_from_args(args)
+    assert cfg.cache.latents is True
+    assert config_from_args(build_parser().parse_args(["train", "--method", "un2clip"])).cache.latents is False
     assert (cfg.vision_tower, cfg.generator, cfg.data.source, cfg.output_dir) == ("T", "G", "D", str(tmp_path))
     assert (cfg.deepspeed.config, cfg.schedule.max_steps, cfg.optim.lr) == ("zero3", 7, 2e-7)
     assert cfg.method == {"name": "un2clip", "noise_level": 3}

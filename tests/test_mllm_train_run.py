@@ -240,15 +240,19 @@ def test_packed_micro_batches_train_like_padded_ones(zoo, tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
-def test_zero3_keeps_the_frozen_tower_whole_and_trains_as_without_zero(zoo, tmp_path):
+def test_zero3_keeps_the_frozen_tower_whole_and_trains_as_without_zero(zoo, tmp_path, caplog):
     """ZeRO-3 partitions the LLM and projector, never the frozen tower (FrozenOutside), and a
     1-process run, which drops to stage 0, follows the same loss curve and exports the same model."""
     runs = {}
     for name, keep in (("zero3", True), ("stage0", False)):
         cfg = stage_config(zoo, tmp_path / name, "finetune", str(zoo.clip), schedule={"max_steps": 2},
                            deepspeed={"config": "zero3", "keep_zero_on_one_process": keep})
-        trainer = LlavaTrainer(cfg).setup()
+        with caplog.at_level("INFO", logger="genfeedback"):
+            trainer = LlavaTrainer(cfg).setup()
         assert trainer.zero_stage == (3 if keep else 0)
+        assert ("has nothing to partition" in caplog.text) is not keep
+        assert "ready to train" in caplog.text
+        caplog.clear()
         llava = trainer.engine.module
         if keep:
             assert not any(n.startswith("model.vision_tower.") for n, _ in llava.named_parameters())
