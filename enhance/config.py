@@ -89,6 +89,26 @@ class DiagnoseConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Tower exports during the run, besides the final OUTPUT/vision_tower: upstream GenHancer saves the
+    merged tower from step 50 to 3000, then every 500 steps (Continuous/train_OpenAICLIP_stage2_all.py:312),
+    so a checkpoint can be chosen afterwards."""
+
+    every_steps: int = _help("Also export the tower to OUTPUT/exports/step-NNNNNNNN every N steps (0: never).", 0)
+    at_steps: list[int] = _help("Also export the tower at these steps (e.g. [50, 100, 200]).", factory=list)
+
+    def validate(self) -> None:
+        if self.every_steps < 0:
+            raise ConfigError(f"export.every_steps={self.every_steps}: must be >= 0")
+        bad = [s for s in self.at_steps if not isinstance(s, int) or s <= 0]
+        if bad:
+            raise ConfigError(f"export.at_steps={self.at_steps}: steps must be positive integers, not {bad}")
+
+    def due(self, step: int) -> bool:
+        return step in self.at_steps or bool(self.every_steps and step % self.every_steps == 0)
+
+
+@dataclass
 class EnhanceConfig(RunConfig):
     """One enhance run (a stage): what to train, on what, how (batch, optim, schedule, precision,
     deepspeed, checkpointing and logging come from the shared RunConfig)."""
@@ -101,6 +121,7 @@ class EnhanceConfig(RunConfig):
     cache: CacheConfig = _help("", factory=CacheConfig)
     diagnose: DiagnoseConfig = _help("", factory=DiagnoseConfig)
     feedback: FeedbackConfig = _help("", factory=FeedbackConfig)
+    export: ExportConfig = _help("", factory=ExportConfig)
 
     def validate(self) -> None:
         if not self.method.get("name"):

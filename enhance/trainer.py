@@ -36,13 +36,14 @@ from enhance.data import BadImageTracker, MicroBatches, collate_identity, open_s
 from enhance.methods.base import Method, get_method
 from llava_plugin import distributed
 from llava_plugin.train import deepspeed as ds
-from llava_plugin.train.checkpoint import append_metrics
+from llava_plugin.train.checkpoint import append_metrics, step_dir_name
 from llava_plugin.train.loop import HELD_STEPS_KEY, Trainer
 from llava_plugin.train.plan import PlanSampler, StreamOrder
 
 logger = logging.getLogger("enhance")
 
 EXPORT_DIR = "vision_tower"
+EXPORTS_DIR = "exports"  # OUTPUT/exports/step-NNNNNNNN: the towers of export.at_steps / every_steps
 
 
 def micro_seed(seed: int, micro_index: int) -> int:
@@ -270,6 +271,41 @@ class EnhanceTrainer(Trainer):
         return row
 
     # ------------------------------------------------------------------ finish
+    def step_hook(self) -> None:
+        if self.cfg.export.due(self.step) and self.step < self.max_steps:
+            self.write_tower(self.out / EXPORTS_DIR / step_dir_name(self.step), self.export_metadata())
+
+    def export_metadata(self, pairs: dict | None = None, *, final: bool = False) -> dict:
+        """genfeedback.json of an export; the final one also proves the generator unchanged (hashing it
+        at every intermediate export would cost a read of several GB each time)."""
+        cfg = self.cfg
+        meta = {
+            "method": cfg.method_name, "base_tower": cfg.vision_tower, "generator": cfg.generator,
+            "config": cfg.to_dict(), "feedback": asdict(cfg.feedback), "steps": self.step, "world_size": self.world,
+            "final_metrics": self.history[-1] if self.history else {}, "skipped_images": self.images_skipped,
+            "condition_gap_at_start": self.diagnosis,
+            "attribute_gap": {"start": self._pairs_diagnosis().get("start"), "end": pairs} if pairs else None,
+        }
+        if final:
+            meta["generator_fingerprint"] = self.method.frozen_state_fingerprint()
+        return meta
+
+    def write_tower(self, export: Path, metadata: dict, *, extras: bool = False) -> None:
+        """The tower, exported atomically to `export` (collective: under ZeRO-3 every rank gathers);
+        `extras`: also what the method saves beside it (GenHancer stage 1's denoiser)."""
+        tmp = export.with_name(f".incomplete-{export.name}")
+        with ds.full_weights(self.engine, self.fp32_untrained) as method:
+            if distributed.is_main():
+                shutil.rmtree(tmp, ignore_errors=True)
+                method.export_tower().save_pretrained(tmp, metadata)
+                shutil.rmtree(export, ignore_errors=True)
+                tmp.rename(export)
+                if extras:
+                    method.save_extras(self.out)  # e.g. GenHancer stage 1's denoiser, stage 2's --generator
+        distributed.barrier()
+        if distributed.is_main():
+            logger.info("exported the tower at step %d to %s", self.step, export)
+
     def export(self) -> dict:
         """The bad-image report and the tower export (collective)."""
         cfg = self.cfg
@@ -278,26 +314,8 @@ class EnhanceTrainer(Trainer):
             logger.warning("skipped %d unreadable image(s) of %d tried (all ranks); rank 0 saw: %s",
                            bad, tried, self.tracker.report())
         self.tracker.check(tried, bad, final=True)
-        final_metrics = self.history[-1] if self.history else {}
         pairs = self._diagnose_pairs("end") if cfg.diagnose.pairs else None
-        metadata = {
-            "method": cfg.method_name, "base_tower": cfg.vision_tower, "generator": cfg.generator,
-            "config": cfg.to_dict(), "feedback": asdict(cfg.feedback), "steps": self.step, "world_size": self.world,
-            "final_metrics": final_metrics, "skipped_images": bad,
-            "condition_gap_at_start": self.diagnosis,
-            "attribute_gap": {"start": self._pairs_diagnosis().get("start"), "end": pairs} if pairs else None,
-            "generator_fingerprint": self.method.frozen_state_fingerprint(),
-        }
         export = self.out / EXPORT_DIR
-        tmp = self.out / f".incomplete-{EXPORT_DIR}"
-        with ds.full_weights(self.engine, self.fp32_untrained) as method:
-            if distributed.is_main():
-                shutil.rmtree(tmp, ignore_errors=True)
-                method.export_tower().save_pretrained(tmp, metadata)
-                shutil.rmtree(export, ignore_errors=True)
-                tmp.rename(export)
-                method.save_extras(self.out)  # e.g. GenHancer stage 1's denoiser, stage 2's --generator
-        distributed.barrier()
-        if distributed.is_main():
-            logger.info("exported the enhanced tower to %s", export)
+        self.write_tower(export, self.export_metadata(pairs, final=True), extras=True)
+        final_metrics = self.history[-1] if self.history else {}
         return {"export": str(export), "steps": self.step, "final_metrics": final_metrics, "skipped_images": bad}

@@ -60,8 +60,11 @@ def _weights(out: Path):
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_two_ranks_follow_the_one_rank_loss_curve(dist_zoo, tmp_path, zero):
     one = run_enhance(dist_zoo, tmp_path / "one", 1, "zero2", "--set", "precision.dtype=fp32")
-    two = run_enhance(dist_zoo, tmp_path / "two", 2, zero, "--set", "precision.dtype=fp32")
+    # an export mid-run (step 1) gathers the weights and puts the working copies back: the curve is unchanged
+    two = run_enhance(dist_zoo, tmp_path / "two", 2, zero, "--set", "precision.dtype=fp32",
+                      "--set", "export.at_steps=[1]")
     assert [r["step"] for r in two] == [1, 2, 3]
+    assert json.loads((tmp_path / "two" / "exports" / "step-00000001" / "genfeedback.json").read_text())["steps"] == 1
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
     assert [r["lr"] for r in two] == pytest.approx([r["lr"] for r in one])
     # the global gradient norm (before clipping) is over all ranks' partitions: the 1-rank run's

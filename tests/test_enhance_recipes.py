@@ -85,8 +85,17 @@ def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tm
 
     stage2 = ["--generator", str(tmp_path / "stage1"), "--set", "method.stage=2", "--set", "optim.lr=1e-2",
               "--set", "schedule.warmup_steps=0", "--max-steps", "4", "--set", "checkpointing.every_steps=2",
-              "--set", "diagnose.images=0", "--set", "precision.dtype=bf16"]
+              "--set", "diagnose.images=0", "--set", "precision.dtype=bf16",
+              "--set", "export.at_steps=[1]", "--set", "export.every_steps=2"]
     full = train(recipe_zoo, preset, tmp_path / "full", *stage2)
+    # the merged tower at steps 1 and 2 too (upstream saves it at chosen steps); step 4 is the final export
+    exports = tmp_path / "full" / "exports"
+    assert sorted(p.name for p in exports.iterdir()) == ["step-00000001", "step-00000002"]
+    assert [json.loads((exports / n / "genfeedback.json").read_text())["steps"] for n in sorted(
+        p.name for p in exports.iterdir())] == [1, 2]
+    step1, step2 = (exports / "step-00000001", exports / "step-00000002")
+    assert max_change(step1, recipe_zoo.clip) > 1e-5 and max_change(step2, step1) > 1e-5
+    assert max_change(tmp_path / "full" / "vision_tower", step2) > 1e-5
     assert max_change(tmp_path / "full" / "vision_tower", recipe_zoo.clip) > 1e-5  # merged LoRA
     # bf16 run, fp32 export: weights LoRA does not touch keep their exact original values
     exported = load_file(str(tmp_path / "full" / "vision_tower" / "model.safetensors"))
@@ -108,6 +117,9 @@ def test_genhancer_stage1_feeds_stage2_and_stage2_resumes_exactly(recipe_zoo, tm
     a = load_file(str(tmp_path / "full" / "vision_tower" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "vision_tower" / "model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    # the stopped run wrote its step-1 and step-2 exports; the resumed one kept them
+    assert sorted(p.name for p in (tmp_path / "resumed" / "exports").iterdir()) == ["step-00000001", "step-00000002"]
+    assert max_change(tmp_path / "resumed" / "exports" / "step-00000002", step2) <= 1e-6
 
 
 def test_genhancer_runs_both_stages_in_one_command(recipe_zoo, tmp_path):

@@ -172,6 +172,29 @@ def test_stage2_loads_stage1_and_trains_lora_only(stage1, stage2):
     assert adapted == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
 
 
+def test_stage2_all_trains_the_denoiser_and_mlps_from_their_stage1_weights(stage1, gen_zoo):
+    """Upstream's stage2_all (Continuous/train_OpenAICLIP_stage2_all.py:165): the stage-1 denoiser and
+    condition MLPs are loaded, then train beside the tower's LoRA, at the same lr."""
+    name = stage1.method.name
+    cfg = _config(name, 2)
+    cfg.stage2_trains = "all"
+    method = get_method(name)(cfg, load_tower(str(gen_zoo.clip)), str(stage1.run_dir))
+    assert set(method.frozen) == {"tokenizer"}
+    assert _hash(method.part("denoiser").state_dict()) == _hash(stage1.method.part("denoiser").state_dict())
+    assert _hash(method.part("projector").state_dict()) == _hash(stage1.method.projector.state_dict())
+    trainable = {n.split(".", 1)[0] for n, p in method.named_parameters() if p.requires_grad}
+    assert trainable == {"tower", "denoiser", "projector"}
+    tower_trainable = [n for n, p in method.tower.named_parameters() if p.requires_grad]
+    assert tower_trainable and all("lora_" in n for n in tower_trainable)
+    [group] = method.trainable_parameters()
+    assert len(group["params"]) == sum(p.requires_grad for p in method.parameters())
+    before = _hash(method.part("denoiser").state_dict())
+    loss_before = _eval_loss(method, stage1.batch)
+    _train(method, stage1.batch, lr=1e-3)
+    assert _hash(method.part("denoiser").state_dict()) != before
+    assert _eval_loss(method, stage1.batch) < loss_before
+
+
 def test_stage2_export_merges_lora(stage1, stage2, gen_zoo, tmp_path):
     from transformers import CLIPVisionModel
 
@@ -285,17 +308,58 @@ def test_paper_presets(name):
         assert (cfg1.logit_normal_mean, cfg1.logit_normal_std) == (0.0, 1.0)
 
 
-@pytest.mark.parametrize("family", ["clip", "siglip"])
-def test_lora_merge_matches_the_wrapped_tower(gen_zoo, family):
+def test_stage2_presets_match_their_upstream_variants():
+    """stage2 = the paper's (denoiser frozen, upstream stage2_only), stage2-all trains it too; both put
+    LoRA with bias 'lora_only' on every Linear of OpenAI/MetaCLIP towers and on the attention/MLP
+    linears of SigLIP's, and export the tower at upstream's checkpoint steps."""
+    from enhance.config import load_config
+
+    for backbone in ("openai-l14-224", "openai-l14-336", "metaclip-l14-224", "metaclip-h14-224",
+                     "siglip-so14-224", "siglip-so14-384"):
+        default = load_config(preset=f"genhancer-{backbone}-stage2")
+        only = load_config(preset=f"genhancer-{backbone}-stage2-only")
+        every = load_config(preset=f"genhancer-{backbone}-stage2-all")
+        assert only.to_dict() == default.to_dict()
+        assert every.to_dict() == {**default.to_dict(), "method": {**default.method, "stage2_trains": "all"}}
+        cfg = default.method_config()
+        assert (cfg.stage, cfg.stage2_trains, cfg.lora.bias) == (2, "tower", "lora_only")
+        expected = (["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"] if backbone.startswith("siglip")
+                    else ["all-linear"])
+        assert cfg.lora.targets == expected, backbone
+        assert default.export.at_steps == [50, 100, 200, 300, 500, 1000, 2000, 3000]
+        assert default.export.every_steps == 500
+        assert [s for s in range(1, 5001) if default.export.due(s)] == [
+            50, 100, 200, 300, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000]
+
+
+def test_all_linear_lora_adapts_the_visual_projection(gen_zoo):
+    """peft's 'all-linear' on a CLIP tower reaches visual_projection, the layer that makes the
+    conditioning token (upstream's target_modules), and lora_only trains the adapted biases."""
+    from enhance.methods.genhancer import LoraSettings, add_lora
+
+    tower = load_tower(str(gen_zoo.clip))
+    tower.model = add_lora(tower.model, LoraSettings(targets=["all-linear"], bias="lora_only"))
+    trainable = [n for n, p in tower.model.named_parameters() if p.requires_grad]
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if "lora_" in n}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "visual_projection"}
+    assert any(n.endswith("fc1.base_layer.bias") for n in trainable)
+    with pytest.raises(ConfigError, match="give it alone"):
+        LoraSettings(targets=["all-linear", "fc1"]).validate()
+
+
+@pytest.mark.parametrize("family,targets", [("clip", None), ("siglip", None), ("clip", ["all-linear"]),
+                                            ("siglip", ["all-linear"])])
+def test_lora_merge_matches_the_wrapped_tower(gen_zoo, family, targets):
     """Random adapters on every targeted linear: the merged plain model computes the same
-    hidden states and pooled output (SigLIP's attention-pool head included)."""
+    hidden states, pooled output and global embedding (SigLIP's attention-pool head included)."""
     from enhance.methods.genhancer import LoraSettings, add_lora, merged_tower
 
     tower = load_tower(str(getattr(gen_zoo, family)))
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         base = tower(pixels)
-    tower.model = add_lora(tower.model, LoraSettings())
+    settings = LoraSettings() if targets is None else LoraSettings(targets=targets, bias="lora_only")
+    tower.model = add_lora(tower.model, settings)
     tower.eval()
     with torch.no_grad():
         for name, param in tower.model.named_parameters():
@@ -305,6 +369,7 @@ def test_lora_merge_matches_the_wrapped_tower(gen_zoo, family):
         merged = merged_tower(tower)(pixels)
     assert (wrapped.hidden_states[-1] - merged.hidden_states[-1]).abs().max() < 1e-5
     assert (wrapped.pooled - merged.pooled).abs().max() < 1e-5
+    assert (wrapped.image_embeds - merged.image_embeds).abs().max() < 1e-5
     assert (wrapped.pooled - base.pooled).abs().max() > 1e-3
 
 

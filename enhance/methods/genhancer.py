@@ -50,6 +50,7 @@ GENERATOR_FILE = "genhancer.json"
 PROJECTOR_FILE = "projector.safetensors"
 DENOISER_DIR = "denoiser"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # CLIP/SigLIP attention + MLP linears
+ALL_LINEAR = "all-linear"  # peft's keyword: every Linear of the tower (upstream's target_modules)
 
 
 # ---- config ------------------------------------------------------------------------------
@@ -61,7 +62,8 @@ class LoraSettings:
     alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS), metadata={
-        "help": "names of the tower's Linear modules that get LoRA (module-name suffixes)"})
+        "help": "names of the tower's Linear modules that get LoRA (module-name suffixes), or ['all-linear'] "
+                "(peft: every Linear, the visual projection included, as upstream)"})
     bias: Literal["none", "lora_only"] = field(default="none", metadata={
         "help": "'none': only LoRA matrices train; 'lora_only' (upstream's setting) also trains the "
                 "biases of the adapted linears"})
@@ -72,7 +74,10 @@ class LoraSettings:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"method.lora.dropout={self.dropout}: must be in [0, 1)")
         if not self.targets:
-            raise ConfigError(f"method.lora.targets is empty; e.g. {LORA_TARGETS}")
+            raise ConfigError(f"method.lora.targets is empty; e.g. {LORA_TARGETS} or {[ALL_LINEAR]}")
+        if ALL_LINEAR in self.targets and len(self.targets) > 1:
+            raise ConfigError(f"method.lora.targets={self.targets}: {ALL_LINEAR!r} already names every Linear; "
+                              "give it alone")
 
 
 @dataclass
@@ -80,8 +85,12 @@ class GenHancerCommonConfig:
     """Fields both GenHancer variants share."""
 
     stage: int = field(default=1, metadata={
-        "help": "1: train denoiser + MLPs, tower frozen (generator = tokenizer dir); 2: train tower LoRA, "
-                "denoiser + MLPs frozen (generator = the stage-1 output dir)"})
+        "help": "1: train denoiser + MLPs, tower frozen (generator = tokenizer dir); 2: train tower LoRA "
+                "(generator = the stage-1 output dir), with the denoiser + MLPs frozen or not (stage2_trains)"})
+    stage2_trains: Literal["tower", "all"] = field(default="tower", metadata={
+        "help": "stage 2: 'tower' trains only the tower's LoRA, the stage-1 denoiser and MLPs frozen (the paper; "
+                "upstream Continuous/train_*_stage2_only.py); 'all' trains them too, from their stage-1 weights "
+                "(upstream Continuous/train_*_stage2_all.py:165)"})
     image_size: int | None = field(default=None, metadata={
         "help": "resolution the generator sees (the tower's crop, resized); null: the tower's own (upstream)"})
     projector_hidden: int | None = field(default=None, metadata={
@@ -212,10 +221,14 @@ class GenHancerBase(Method):
             source = self._stage1_dir(generator, embed_dim)
             self.tokenizer_source = source / self.tokenizer_dir
             self.freeze("tokenizer", self.load_tokenizer(self.tokenizer_source))
-            self.freeze("denoiser", self.load_denoiser(source / DENOISER_DIR))
+            denoiser = self.load_denoiser(source / DENOISER_DIR)
             projector = GlobalConditionProjector(**json.loads((source / GENERATOR_FILE).read_text())["projector"])
             _load_safetensors(projector, source / PROJECTOR_FILE)
-            self.freeze("projector", projector)
+            if cfg.stage2_trains == "all":  # trained from their stage-1 weights, beside the tower's LoRA
+                self.denoiser, self.projector = denoiser.requires_grad_(True), projector.requires_grad_(True)
+            else:
+                self.freeze("denoiser", denoiser)
+                self.freeze("projector", projector)
             self.tower.requires_grad_(False)
             self.tower.model = add_lora(self.tower.model, cfg.lora)
 
@@ -235,7 +248,7 @@ class GenHancerBase(Method):
 
     # -- parts -----------------------------------------------------------------------------
     def part(self, name: str) -> nn.Module:
-        """`denoiser` / `projector`: trainable in stage 1, frozen in stage 2."""
+        """`denoiser` / `projector`: trainable in stage 1, frozen in stage 2 unless stage2_trains='all'."""
         return self.frozen[name] if name in self.frozen else getattr(self, name)
 
     def train(self, mode: bool = True):

@@ -202,7 +202,7 @@ def full_weights(engine, fp32_untrained: dict[str, torch.Tensor] | None = None) 
     """Collective: every rank enters. Inside, the module's parameters on rank 0 are the complete
     fp32 tensors of `full_state_dict`, so code that reads the live module (a method's
     `export_tower()`) exports full precision. Other ranks see partitions; only rank 0 may save.
-    Training must be over: the working copies are replaced."""
+    On exit the working copies are put back, so training can go on after an export."""
     state = full_state_dict(engine, fp32_untrained=fp32_untrained)
     module = engine.module
     params = [p for p in module.parameters()]
@@ -212,7 +212,14 @@ def full_weights(engine, fp32_untrained: dict[str, torch.Tensor] | None = None) 
 
         gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
     with gather:
+        working = {}
         if distributed.is_main():
             for name, param in module.named_parameters():
+                working[name] = param.data
                 param.data = state[name].to(param.device)
-        yield module
+        try:
+            yield module
+        finally:
+            for name, param in module.named_parameters():
+                if name in working:
+                    param.data = working[name]

@@ -117,6 +117,9 @@ class Trainer:
     def load_trainer_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def step_hook(self) -> None:
+        """After each optimizer step (and its checkpoint), on every rank: e.g. an export at chosen steps."""
+
     def export(self) -> Any:
         raise NotImplementedError
 
@@ -262,6 +265,7 @@ class Trainer:
                 append_metrics(self.metrics_file, row)
             if every and self.step % every == 0 and self.step < self.max_steps:
                 self.save_checkpoint()
+            self.step_hook()
             sums, micro = {}, 0
             start = time.perf_counter()
         bar.close()

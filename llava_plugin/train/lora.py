@@ -57,7 +57,9 @@ def add_lora(model: torch.nn.Module, *, r: int, alpha: float, dropout: float, ta
     # nn.MultiheadAttention (SigLIP's attention-pool head) reads out_proj.weight directly, so an
     # adapter there would be skipped in forward yet merged on export: leave those alone.
     bypassed = [f"{name}.out_proj" for name, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)]
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias=bias,
+    # ['all-linear'] is peft's keyword for every Linear (it has to be the bare string)
+    target_modules = targets[0] if list(targets) == ["all-linear"] else list(targets)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias=bias,
                         exclude_modules=bypassed or None)
     try:
         return get_peft_model(model, config)
