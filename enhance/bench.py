@@ -118,7 +118,8 @@ def bench_one(preset: str, variant: str, *, zoo: str | None, overrides: dict, st
     from llava_plugin.config import deep_merge
 
     run_dir = workdir / f"{preset}-{variant}"
-    fixed = {"output_dir": str(run_dir), "schedule": {"max_steps": warmup + steps},
+    # no crop augmentation in any variant: a latent cache cannot hold one, so `cache` is only comparable without it
+    fixed = {"output_dir": str(run_dir), "schedule": {"max_steps": warmup + steps}, "data": {"augment": "none"},
              "checkpointing": {"every_steps": 0, "resume": "none"},
              "logging": {"progress_bar": False}, "diagnose": {"images": 0}}
     cfg = load_config(preset=preset, overrides=deep_merge(deep_merge(overrides, VARIANTS[variant]), fixed), zoo=zoo)

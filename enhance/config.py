@@ -34,6 +34,9 @@ from llava_plugin.train.config import positive as _positive
 PRESET_DIR = Path(str(resources.files("enhance") / "configs"))
 
 
+AUGMENTATIONS = ("none", "random_resized_crop")
+
+
 @dataclass
 class DataConfig:
     source: str = _help("Images: a folder, a .jsonl list ({'image': path} lines), .tar shard(s) / brace "
@@ -48,8 +51,18 @@ class DataConfig:
                                     "the images tried is an error (0 allows none).", 0.01)
     bad_check_after: int = _help("Images tried before the bad-image fraction is enforced (it is always "
                                  "enforced at the end of the run).", 256)
+    augment: str = _help("'none': every image is used whole (the method's centre square); 'random_resized_crop': "
+                         "a crop of data.crop_scale of its area and aspect 3/4-4/3, warped to a square, as "
+                         "DIVA and GenHancer train (torchvision RandomResizedCrop(scale=(0.9, 1.0))); the crop is "
+                         "a function of data.seed and the image's place in the stream, so resume stays exact. "
+                         "A latent cache cannot hold it.", "none")
+    crop_scale: list[float] = _help("Area fraction range of random_resized_crop.", factory=lambda: [0.9, 1.0])
 
     def validate(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"data.augment={self.augment!r}: expected one of {list(AUGMENTATIONS)}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError(f"data.crop_scale={self.crop_scale}: expected [low, high] with 0 < low <= high <= 1")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"data.max_bad_fraction={self.max_bad_fraction}: must be in [0, 1] (e.g. 0.01)")
         if self.num_workers < 0:
@@ -127,6 +140,10 @@ class EnhanceConfig(RunConfig):
         if not self.method.get("name"):
             raise ConfigError("method.name is not set: pass --method NAME (or a --preset that sets it)")
         self.method_config()  # parse now, so a bad method key fails before any model loads
+        if self.cache.latents and self.data.augment != "none":
+            raise ConfigError(f"cache.latents=true with data.augment={self.data.augment}: the cache holds one "
+                              "encoding per image, but each epoch crops it anew; drop --cache-latents or set "
+                              "data.augment=none (the README's 'latent cache' note weighs the two)")
         if self.feedback.condition == "shuffled" and self.batch.micro_batch_size < 2:
             raise ConfigError(f"feedback.condition=shuffled permutes conditions within a micro-batch, but "
                               f"batch.micro_batch_size={self.batch.micro_batch_size}; use 2 or more")

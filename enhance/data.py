@@ -278,6 +278,26 @@ def open_source(spec: str | Path, caption_key: str = "caption") -> ImageSource:
     return source
 
 
+# --------------------------------------------------------------------------- augmentation
+def random_resized_crop(image: Image.Image, seed: int, scale: tuple[float, float]) -> Image.Image:
+    """torchvision's RandomResizedCrop box (area `scale`, aspect 3/4-4/3), drawn from `seed` alone and
+    warped to a square of the crop's longer side (bicubic, as upstream); the method's preprocessing then
+    resizes it for each model."""
+    from torchvision.transforms import RandomResizedCrop
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        top, left, height, width = RandomResizedCrop.get_params(image, scale=list(scale), ratio=[3 / 4, 4 / 3])
+    side = max(height, width)
+    return image.resize((side, side), Image.BICUBIC, box=(left, top, left + width, top + height))
+
+
+def augment_seed(data_seed: int, position: int) -> int:
+    """The crop seed of the image at stream `position` (micro index x micro batch + row): world-size
+    independent, so every rank and every resume crops an image the same way."""
+    return (data_seed * 1_000_003 + position) % (2**63)
+
+
 # --------------------------------------------------------------------------- micro-batches
 class MicroBatches(torch.utils.data.Dataset):
     """Global micro-batch index -> preprocessed tensors (+ cached targets) and skip accounting.
@@ -289,9 +309,11 @@ class MicroBatches(torch.utils.data.Dataset):
 
     def __init__(self, source: ImageSource, order: StreamOrder,
                  preprocess: Callable[[list[Image.Image]], dict[str, torch.Tensor]],
-                 targets: Callable[[list[int]], dict[str, torch.Tensor]] | None = None, captions: bool = False):
+                 targets: Callable[[list[int]], dict[str, torch.Tensor]] | None = None, captions: bool = False,
+                 crop: tuple[int, tuple[float, float]] | None = None):
+        """`crop`: (data seed, area scale) turns on random_resized_crop."""
         self.source, self.order, self.preprocess, self.targets = source, order, preprocess, targets
-        self.captions = captions
+        self.captions, self.crop = captions, crop
 
     def __len__(self):  # indices are unbounded (epochs repeat); the sampler bounds them
         return 2**62
@@ -312,6 +334,10 @@ class MicroBatches(torch.utils.data.Dataset):
             else:
                 raise DataError(f"{MAX_CONSECUTIVE_BAD + 1} unreadable images in a row near "
                                 f"{self.source.key(index)} in {self.source.description}: the source looks broken")
+        if self.crop is not None:
+            seed, scale = self.crop
+            first = micro_index * self.order.micro_batch
+            images = [random_resized_crop(im, augment_seed(seed, first + row), scale) for row, im in enumerate(images)]
         batch = self.preprocess(images)
         if self.targets is not None:
             batch.update(self.targets(indices))

@@ -233,7 +233,9 @@ class EnhanceTrainer(Trainer):
     def micro_batches(self, start_step: int, end_step: int):
         dataset = MicroBatches(self.source, self.order, self.method.preprocess,
                                self.cache.targets if self.cache is not None else None,
-                               captions=self.cfg.feedback.needs_captions)
+                               captions=self.cfg.feedback.needs_captions,
+                               crop=((self.cfg.data.seed, tuple(self.cfg.data.crop_scale))
+                                     if self.cfg.data.augment == "random_resized_crop" else None))
         sampler = PlanSampler(self.plan, start_step, end_step)
         workers = self.cfg.data.num_workers
         return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,

@@ -116,3 +116,61 @@ def test_jsonl_paths_are_relative_to_the_list(tmp_path, data_zoo):
     (tmp_path / "list.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     source = open_source(tmp_path / "list.jsonl")
     assert len(source) == 2 and source.load(1).size == (9, 7)
+
+
+def test_random_resized_crop_is_upstreams_box_drawn_from_the_stream_position(data_zoo):
+    """data.augment=random_resized_crop: torchvision's RandomResizedCrop box (area 0.9-1.0, aspect
+    3/4-4/3) warped to a square; the same image at the same stream position is cropped the same way
+    in every run and on every rank (the seed is the position), a later epoch crops it anew."""
+    import numpy as np
+    import torch
+    from torchvision.transforms import RandomResizedCrop
+
+    from enhance.data import augment_seed, random_resized_crop
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    torch.manual_seed(123)
+    crop = random_resized_crop(image, seed=7, scale=(0.9, 1.0))
+    assert torch.initial_seed() == 123  # the global RNG is untouched (dropout, noise draws)
+    torch.manual_seed(7)
+    top, left, height, width = RandomResizedCrop.get_params(image, scale=[0.9, 1.0], ratio=[3 / 4, 4 / 3])
+    assert 0.9 * 60 * 80 <= height * width * 1.0001 and height * width <= 60 * 80
+    side = max(height, width)
+    assert crop.size == (side, side)
+    expected = image.crop((left, top, left + width, top + height)).resize((side, side), Image.BICUBIC)
+    assert np.abs(np.asarray(crop, dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+
+    source = open_source(data_zoo.data["scenes"])
+    order = StreamOrder(len(source), micro_batch=4, seed=0, shuffle=True)
+
+    def sizes(images):
+        return {"sizes": [im.size for im in images], "pixels": [np.asarray(im).sum() for im in images]}
+
+    cropped = MicroBatches(source, order, preprocess=sizes, crop=(0, (0.5, 0.6)))
+    whole = MicroBatches(source, order, preprocess=sizes)
+    a, b = cropped[3]["batch"], cropped[3]["batch"]
+    assert a == b  # a function of (seed, position): reruns and resumes see the same crops
+    assert a["sizes"] != whole[3]["batch"]["sizes"]
+    other_seed = MicroBatches(source, order, preprocess=sizes, crop=(1, (0.5, 0.6)))[3]["batch"]
+    assert other_seed["pixels"] != a["pixels"]
+    assert augment_seed(0, 12) != augment_seed(0, 13) and augment_seed(0, 12) != augment_seed(1, 12)
+
+
+def test_augmentation_config_is_checked_and_refuses_the_latent_cache(data_zoo):
+    from enhance.config import ConfigError, load_config
+
+    assert load_config(preset="diva").data.augment == "random_resized_crop"
+    assert load_config(preset="genhancer-openai-l14-224-stage2").data.augment == "random_resized_crop"
+    from enhance.config import PRESET_DIR
+    from llava_plugin.config import load_yaml_preset
+
+    # the world's runs (and the method defaults) use whole images
+    assert all("augment" not in load_yaml_preset(PRESET_DIR, p).get("data", {})
+               for p in ("world-diva", "world-un2clip", "world-genhancer-stage2", "base"))
+    with pytest.raises(ConfigError, match="cache.latents=true with data.augment=random_resized_crop"):
+        load_config(preset="diva", overrides={"cache": {"latents": True}})
+    with pytest.raises(ConfigError, match="data.augment='flip'"):
+        load_config(preset="diva", overrides={"data": {"augment": "flip"}})
+    with pytest.raises(ConfigError, match="data.crop_scale"):
+        load_config(preset="diva", overrides={"data": {"crop_scale": [0.9, 1.2]}})
+    assert load_config(preset="diva", overrides={"cache": {"latents": True}, "data": {"augment": "none"}}).cache.latents
