@@ -22,13 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llava_plugin.chat import IMAGE_PLACEHOLDER, ChatFormat, get_format, load_formats
+from llava_plugin.errors import GenfeedbackError
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200  # original LLaVA's id for the single collapsed image position
 HUMAN, GPT = "human", "gpt"
 
 
-class BadSample(ValueError):
+class BadSample(GenfeedbackError, ValueError):
     """A sample that cannot be trained on; the message names its id, the problem and the fix."""
 
     def __init__(self, sample_id, problem: str):

@@ -14,6 +14,7 @@ silently change the batches.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -250,7 +251,35 @@ class LlavaDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
-        sample = self.samples[index]
+        """The sample at `index`; with skip_bad_samples, a sample found bad only now (an image that does
+        not decode, nothing supervised left after truncation) is replaced by the next one of the same
+        modality, deterministically, and named in the item's `skipped` list."""
+        skipped: list[str] = []
+        for _ in range(MAX_REPLACEMENTS + 1):
+            try:
+                return {**self._item(self.samples[index]), "skipped": skipped}
+            except BadSample as bad:
+                if not self.config.skip_bad_samples:
+                    raise BadSample(bad.sample_id, f"{bad.problem} (in {self.config.data_path}, found during "
+                                                   "training; set skip_bad_samples to skip such samples, or "
+                                                   "check the file first with verify: true)") from bad
+                skipped.append(str(bad))
+                index = self._same_modality_after(index)
+        raise BadSample(self.samples[index].id, f"{MAX_REPLACEMENTS + 1} bad samples in a row in "
+                                                f"{self.config.data_path}: the file or image folder looks broken")
+
+    def _same_modality_after(self, index: int) -> int:
+        """The next sample (cyclically) with an image iff this one has one: a step stays all-image or
+        all-text, as modality grouping and ZeRO-3 need."""
+        wanted = self.samples[index].image is not None
+        n = len(self.samples)
+        for step in range(1, n + 1):
+            candidate = (index + step) % n
+            if (self.samples[candidate].image is not None) == wanted:
+                return candidate
+        return index
+
+    def _item(self, sample: Sample) -> dict:
         tokenized = self._tokenize(sample)
         pixel_values = None
         if sample.image is not None:
@@ -267,6 +296,19 @@ def default_pad_token_id(tokenizer) -> int:
         if token_id is not None:
             return token_id
     raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither a pad nor an unk token; set pad_token")
+
+
+MAX_REPLACEMENTS = 16  # bad samples in a row before the data is called broken
+
+
+@dataclass
+class WithSkips:
+    """A collator's batch, plus the samples skipped to fill it: `{"batch": ..., "skipped": [...]}`."""
+
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]]
+
+    def __call__(self, items: list[dict]) -> dict:
+        return {"batch": self.collate(items), "skipped": [s for item in items for s in item.get("skipped", [])]}
 
 
 @dataclass

@@ -29,7 +29,7 @@ from llava_plugin.train.loop import Trainer
 from llava_plugin.train.plan import EpochOrder, modality_length_steps, shuffled_steps
 from mllm_train.config import ConfigError, TrainConfig
 from mllm_train.conversation import get_template
-from mllm_train.data import Collator, LlavaDataset, default_pad_token_id
+from mllm_train.data import Collator, LlavaDataset, WithSkips, default_pad_token_id
 from mllm_train.export import export_llava
 from mllm_train.model import build_model, param_groups, unwrap
 from mllm_train.packing import PackedCollator, num_positions, num_sequences
@@ -62,6 +62,8 @@ class LlavaTrainer(Trainer):
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
         self.name = cfg.stage
+        self.pending_skips: list[str] = []  # this rank's skips since the last step row
+        self.skipped_in_training: set[str] = set()  # all ranks', restored on resume
 
     # ------------------------------------------------------------------ setup
     def build(self) -> torch.nn.Module:
@@ -102,14 +104,15 @@ class LlavaTrainer(Trainer):
         batches = (order.micro_batch_items(g, per_step) for g in self.plan.micro_indices(start_step, end_step))
         # A private generator: a DataLoader iterator otherwise draws its base seed from the global
         # RNG, which would shift the dropout draws of a resumed run against an uninterrupted one.
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=list(batches), collate_fn=self.collator,
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=list(batches), collate_fn=WithSkips(self.collator),
                                            num_workers=self.cfg.data.num_workers, generator=torch.Generator(),
                                            persistent_workers=False, pin_memory=torch.cuda.is_available())
 
-    def forward_backward_step(self, batch: dict) -> dict[str, float]:
+    def forward_backward_step(self, item: dict) -> dict[str, float]:
+        self.pending_skips += item["skipped"]
         device = self.engine.device
         batch = {k: v.to(device=device, dtype=self.dtype if v.is_floating_point() else v.dtype)
-                 for k, v in batch.items()}
+                 for k, v in item["batch"].items()}
         loss = self.engine(**batch, use_cache=False).loss
         self.backward_step(loss)
         tokens, positions = num_positions(batch)
@@ -117,10 +120,36 @@ class LlavaTrainer(Trainer):
                 "samples": float(num_sequences(batch)), "tokens": float(tokens), "positions": float(positions)}
 
     def step_row(self, sums: dict[str, float], seconds: float) -> dict:
+        self._count_skips()
         return {"epoch": self.order.epoch_of(self.step - 1), "loss": sums["loss"] / max(sums["micro_batches"], 1),
                 "supervised_tokens": int(sums["supervised_tokens"]), "samples": int(sums["samples"]),
                 "tokens": int(sums["tokens"]), "positions": int(sums["positions"]),
-                "seconds": round(seconds, 4)}
+                "seconds": round(seconds, 4), "skipped_samples": len(self.skipped_in_training)}
+
+    def _count_skips(self) -> None:
+        """The samples skipped during training, distinct over ranks and epochs (a bad image is met again
+        every epoch, maybe on another rank), against the same threshold as those dropped at start."""
+        new = [s for rank_skips in distributed.all_gather_object(self.pending_skips) for s in rank_skips]
+        self.pending_skips = []
+        fresh = sorted(set(new) - self.skipped_in_training)
+        if not fresh:
+            return
+        self.skipped_in_training.update(fresh)
+        if distributed.is_main():
+            logger.warning("step %d: skipped %d bad sample(s) found during training: %s", self.step, len(fresh),
+                           "; ".join(fresh[:3]))
+        data = self.cfg.data
+        dropped = len(self.dataset.skipped) + len(self.skipped_in_training)
+        if dropped > data.max_skip_fraction * self.dataset.num_records:
+            raise ConfigError(f"{data.data_path}: {dropped} of {self.dataset.num_records} samples are bad "
+                              f"({len(self.skipped_in_training)} found during training, e.g. {fresh[0]}), more than "
+                              f"data.max_skip_fraction={data.max_skip_fraction}; fix the data or raise the fraction")
+
+    def trainer_state(self) -> dict:
+        return {"skipped_in_training": sorted(self.skipped_in_training)}
+
+    def load_trainer_state(self, state: dict) -> None:
+        self.skipped_in_training = set(state.get("skipped_in_training", []))
 
     # ------------------------------------------------------------------ export
     def export(self) -> Path | None:

@@ -19,6 +19,7 @@ from mllm_train.data import (
     DataConfig,
     LlavaDataset,
     ModalityLengthGroupedBatchSampler,
+    WithSkips,
     default_pad_token_id,
     parse_record,
     preprocess_image,
@@ -158,10 +159,34 @@ def test_unreadable_image(tmp_path, tokenizer, processor):
     dataset = make_dataset(tmp_path, tokenizer, processor, records=records)
     with pytest.raises(BadSample, match="sample 'broken': image .*broken.jpg cannot be read"):
         dataset[3]
+    # ... as a one-line error that says how to skip it ...
+    with pytest.raises(BadSample, match="found during training; set skip_bad_samples"):
+        dataset[3]
+    # ... or, with skip_bad_samples, replaced by the next sample with an image (a step stays single-modality)
+    dataset = make_dataset(tmp_path, tokenizer, processor, records=records, skip_bad_samples=True)
+    item = dataset[3]
+    assert item["id"] == "img-1" and item["pixel_values"] is not None
+    assert len(item["skipped"]) == 1 and item["skipped"][0].startswith("sample 'broken': image")
+    assert dataset[3]["id"] == "img-1"  # deterministic: a resumed run sees the same replacement
+    assert dataset[0]["skipped"] == []
     # ... or up front with verify, where it can be skipped and counted
     dataset = make_dataset(tmp_path, tokenizer, processor, records=records, verify=True, skip_bad_samples=True,
                            max_skip_fraction=0.5)
     assert len(dataset) == 3 and [bad.sample_id for bad in dataset.skipped] == ["broken"]
+
+
+def test_nothing_supervised_after_truncation_is_skipped_at_run_time(tmp_path, tokenizer, processor):
+    """A sample whose answer starts past max_length is bad; found only when it is read (no verify),
+    it is replaced by the next text-only sample and reported with the batch."""
+    long = {"id": "long", "conversations": [{"from": "human", "value": "word " * 200},
+                                            {"from": "gpt", "value": "Yes."}]}
+    records = [GOOD[1], long]
+    dataset = make_dataset(tmp_path, tokenizer, processor, records=records, max_length=64, skip_bad_samples=True)
+    item = dataset[1]
+    assert item["id"] == "text-1" and "'long'" in item["skipped"][0]
+    collate = WithSkips(Collator(default_pad_token_id(tokenizer)))
+    out = collate([dataset[0], dataset[1]])
+    assert out["skipped"] == item["skipped"] and out["batch"]["input_ids"].shape[0] == 2
 
 
 def test_collator_pads_and_stacks_only_real_images(tmp_path, tokenizer, processor):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +266,39 @@ def test_zero3_keeps_the_frozen_tower_whole_and_trains_as_without_zero(zoo, tmp_
     assert sorted(a) == sorted(b) and any(k.startswith(TOWER) for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_bad_image_found_mid_run_is_one_line_or_a_counted_skip(zoo, tmp_path):
+    """An image that exists but does not decode passes the start-up checks (verify off) and is met only
+    in training: without skip_bad_samples, a one-line error naming it; with it, a replacement and
+    `skipped_samples` in metrics.jsonl, counted once over two epochs; past max_skip_fraction, an error."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(zoo.data["llava_image_folder"], images)
+    records = json.loads(Path(zoo.data["llava_finetune"]).read_text())
+    broken = records[0]["image"]
+    (images / broken).write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+
+    def run(out, *extra):
+        cmd = [sys.executable, "-m", "mllm_train", "finetune", "--preset", "tiny-finetune", "--vision-tower",
+               str(zoo.clip), "--llm", str(zoo.llm), "--data", str(data), "--image-folder", str(images),
+               "--output", str(tmp_path / out), "--max-steps", "24", "--set", "logging.progress_bar=false", *extra]
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+
+    failed = run("strict")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    [error] = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert f"sample '{records[0]['id']}'" in error and broken in error and "skip_bad_samples" in error
+
+    skipped = run("skip", "--skip-bad-samples", "--set", "data.max_skip_fraction=0.5")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "skip" / METRICS_FILE).read_text().splitlines()]
+    assert len(rows) == 24 and rows[-1]["skipped_samples"] == 1  # met in both epochs, counted once
+    assert rows[0]["skipped_samples"] <= 1
+
+    capped = run("capped", "--skip-bad-samples", "--set", "data.max_skip_fraction=0")
+    assert capped.returncode == 2 and "Traceback" not in capped.stderr, capped.stderr[-3000:]
+    assert "more than data.max_skip_fraction=0.0" in capped.stderr
