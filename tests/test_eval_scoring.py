@@ -253,8 +253,19 @@ def test_mmvp_layout_errors(tmp_path):
     ],
 )
 def test_cv_bench_parsers(text, cambrian, lmms):
-    assert cv_bench.parse_cambrian(text) == cambrian
+    for source in ("ADE20K", "COCO", "Omni3D"):
+        assert cv_bench.parse_cambrian(text, source) == cambrian
     assert cv_bench.parse_lmms(text) == lmms
+
+
+def test_cv_bench_cambrian_strips_per_source():
+    """Cambrian's 2D scripts strip a trailing '.' only, its Omni3D script '.:,' (eval/eval/{ade,omni}/)."""
+    assert cv_bench.parse_cambrian(",", "ADE20K") == ","
+    assert cv_bench.parse_cambrian(",", "Omni3D") is None
+    assert cv_bench.parse_cambrian("answer: :", "COCO") == ":"
+    assert cv_bench.parse_cambrian("answer: :", "Omni3D") is None
+    with pytest.raises(ValueError, match="no Cambrian scoring rule"):
+        cv_bench.parse_cambrian("B", "KITTI")
 
 
 def test_cv_bench_prompt_snapshot():
@@ -266,11 +277,17 @@ def test_cv_bench_prompt_snapshot():
     assert cv_bench.build_prompt(row, "") == row["prompt"]
 
 
-def test_cv_bench_cambrian_accepts_one_character_choice_text():
+def test_cv_bench_cambrian_accepts_the_choice_text_on_omni3d_only():
     choices = ["1", "2", "3", "0"]
-    assert cv_bench.is_correct("3", "C", choices, "cambrian")
-    assert not cv_bench.is_correct("3", "C", choices, "lmms")
-    assert not cv_bench.is_correct(None, "C", choices, "cambrian")
+    assert cv_bench.is_correct("3", "C", choices, "cambrian", "Omni3D")
+    assert not cv_bench.is_correct("3", "C", choices, "cambrian", "ADE20K")  # 2D: the letter only
+    assert not cv_bench.is_correct("3", "C", choices, "cambrian", "COCO")
+    assert cv_bench.is_correct("C", "C", choices, "cambrian", "COCO")
+    assert not cv_bench.is_correct("3", "C", choices, "lmms", "Omni3D")
+    assert not cv_bench.is_correct(None, "C", choices, "cambrian", "Omni3D")
+    # compared as Cambrian does: its lowercased reading against the choice as written
+    assert cv_bench.is_correct("Y", "B", ["x", "y"], "cambrian", "Omni3D")
+    assert not cv_bench.is_correct("Y", "B", ["X", "Y"], "cambrian", "Omni3D")
     assert cv_bench.gold_letter("(C)") == "C"
     with pytest.raises(ValueError):
         cv_bench.gold_letter("C) three")

@@ -9,10 +9,10 @@ followed by "\n" + `PROMPT_SUFFIX` (LLaVA's letter instruction, which Cambrian-1
 appends); `--prompt-suffix ""` sends the prompt alone.
 
 Two parsers (named in metrics.json):
-- `cambrian` (default, Cambrian-1's scorer): lowercase, keep the text after the last
-  "answer is"/"answer is:"/"answer:", strip spaces, trailing `.:,`, a leading `(` and a trailing
-  `)`, keep the first character; correct if it is the gold letter or equals the gold choice text
-  (which matters for one-character choices such as counts).
+- `cambrian` (default, Cambrian-1's scorer, per source as its scripts do): lowercase, keep the text
+  after the last "answer is"/"answer is:"/"answer:", strip spaces, a trailing `.` (Omni3D: `.:,`),
+  a leading `(` and a trailing `)`, keep the first character; correct if it is the gold letter, or,
+  on Omni3D only, equals the gold choice text (which matters for one-character choices).
 - `lmms` (lmms-eval 0.7's cv_bench): a letter at the very start after optional `(`/spaces. It reads
   "The answer is (B)" as "T".
 
@@ -105,15 +105,31 @@ def row_image(row: dict) -> Image.Image | None:
 
 
 # ---------------------------------------------------------------- parsers
-def parse_cambrian(text: str | None) -> str | None:
-    """Cambrian-1's CV-Bench reading: the first character after the last 'answer is'/'answer:'."""
+# Cambrian-1 scores each source with its own script (cambrian-mllm/cambrian 539ffc3,
+# eval/eval/{ade,coco,omni}/*_test.py, extract_mcq_answer and compute_metrics): ADE20K and COCO strip
+# a trailing "." and accept the letter only; Omni3D strips ".:," and also accepts the gold choice's text.
+CAMBRIAN_RULES = {"ADE20K": (".", False), "COCO": (".", False), SOURCE_3D: (".:,", True)}
+
+
+def _cambrian_rule(source: str) -> tuple[str, bool]:
+    try:
+        return CAMBRIAN_RULES[source]
+    except KeyError:
+        raise ValueError(f"CV-Bench source {source!r} has no Cambrian scoring rule; known sources: "
+                         f"{sorted(CAMBRIAN_RULES)}") from None
+
+
+def parse_cambrian(text: str | None, source: str) -> str | None:
+    """Cambrian-1's CV-Bench reading for `source`: the first character after the last
+    'answer is'/'answer:'."""
     if text is None:
         return None
+    strip, _ = _cambrian_rule(source)
     t = text.lower().strip()
     for keyword in ("answer is", "answer is:", "answer:"):
         if keyword in t:
             t = t.split(keyword)[-1]
-    t = t.strip().rstrip(".:,").lstrip("(").rstrip(")")
+    t = t.strip().rstrip(strip).lstrip("(").rstrip(")")
     return t[:1].upper() if t else None
 
 
@@ -125,23 +141,25 @@ def parse_lmms(text: str | None) -> str | None:
     return match[1].upper() if match else None
 
 
-def parse(text: str | None, parser: str) -> str | None:
+def parse(text: str | None, parser: str, source: str) -> str | None:
     if parser == "cambrian":
-        return parse_cambrian(text)
+        return parse_cambrian(text, source)
     if parser == "lmms":
         return parse_lmms(text)
     raise ValueError(f"unknown CV-Bench parser {parser!r}; known parsers: {PARSERS}")
 
 
-def is_correct(parsed: str | None, gold: str, choices: list[str], parser: str) -> bool:
+def is_correct(parsed: str | None, gold: str, choices: list[str], parser: str, source: str) -> bool:
     if parsed is None:
         return False
     if parsed == gold:
         return True
-    # Cambrian also accepts the gold choice's text (its parse keeps one character, so this
-    # only ever matches one-character choices such as counts)
+    if parser != "cambrian" or not _cambrian_rule(source)[1]:
+        return False
+    # Omni3D also accepts the gold choice's text, compared as Cambrian does (its lowercased one-character
+    # reading against the choice as written), so this only ever matches one-character choices
     gold_text = choices[LETTERS.index(gold)] if gold in LETTERS[: len(choices)] else None
-    return parser == "cambrian" and gold_text is not None and parsed.lower() == str(gold_text).lower()
+    return gold_text is not None and parsed.lower() == str(gold_text)
 
 
 def gold_letter(answer: str) -> str:
@@ -154,14 +172,14 @@ def gold_letter(answer: str) -> str:
 # ---------------------------------------------------------------- pure scoring
 def make_prediction(row: dict, prompt: str, raw: str | None, parser: str, missing_image: bool) -> dict:
     gold = gold_letter(row["answer"])
-    parsed = parse(raw, parser)
+    parsed = parse(raw, parser, row["source"])
     return {
         "id": row["idx"],
         "prompt": prompt,
         "raw_answer": raw,
         "parsed": parsed,
         "gold": gold,
-        "correct": is_correct(parsed, gold, list(row["choices"]), parser),
+        "correct": is_correct(parsed, gold, list(row["choices"]), parser, row["source"]),
         "type": row["type"],
         "task": row["task"],
         "source": row["source"],
@@ -172,11 +190,11 @@ def make_prediction(row: dict, prompt: str, raw: str | None, parser: str, missin
 
 def rejudge(prediction: dict, config: dict) -> dict:
     parser = config["parser"]
-    parsed = parse(prediction["raw_answer"], parser)
+    parsed = parse(prediction["raw_answer"], parser, prediction["source"])
     return {
         **prediction,
         "parsed": parsed,
-        "correct": is_correct(parsed, prediction["gold"], prediction["choices"], parser),
+        "correct": is_correct(parsed, prediction["gold"], prediction["choices"], parser, prediction["source"]),
     }
 
 
