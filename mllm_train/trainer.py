@@ -104,7 +104,8 @@ class LlavaTrainer(Trainer):
         batches = (order.micro_batch_items(g, per_step) for g in self.plan.micro_indices(start_step, end_step))
         # A private generator: a DataLoader iterator otherwise draws its base seed from the global
         # RNG, which would shift the dropout draws of a resumed run against an uninterrupted one.
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=list(batches), collate_fn=WithSkips(self.collator),
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=list(batches),
+                                           collate_fn=WithSkips(self.collator),
                                            num_workers=self.cfg.data.num_workers, generator=torch.Generator(),
                                            persistent_workers=False, pin_memory=torch.cuda.is_available())
 
@@ -117,10 +118,12 @@ class LlavaTrainer(Trainer):
         self.backward_step(loss)
         tokens, positions = num_positions(batch)
         return {"loss": float(loss.detach()), "supervised_tokens": float((batch["labels"] != -100).sum()),
-                "samples": float(num_sequences(batch)), "tokens": float(tokens), "positions": float(positions)}
+                "samples": float(num_sequences(batch)), "tokens": float(tokens), "positions": float(positions),
+                "skips": float(len(item["skipped"]))}
 
     def step_row(self, sums: dict[str, float], seconds: float) -> dict:
-        self._count_skips()
+        if sums["skips"]:  # summed over ranks with the rest of the row: all ranks gather, or none does
+            self._count_skips()
         return {"epoch": self.order.epoch_of(self.step - 1), "loss": sums["loss"] / max(sums["micro_batches"], 1),
                 "supervised_tokens": int(sums["supervised_tokens"]), "samples": int(sums["samples"]),
                 "tokens": int(sums["tokens"]), "positions": int(sums["positions"]),

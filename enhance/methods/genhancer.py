@@ -44,13 +44,13 @@ from enhance.methods.base import Method, register_method
 from llava_plugin.config import ConfigError
 from llava_plugin.towers import VisionTower
 from llava_plugin.train import lora
+from llava_plugin.train.lora import ALL_LINEAR
 
 GENERATOR_DIR = "generator"  # stage-1 output: <run dir>/generator/
 GENERATOR_FILE = "genhancer.json"
 PROJECTOR_FILE = "projector.safetensors"
 DENOISER_DIR = "denoiser"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]  # CLIP/SigLIP attention + MLP linears
-ALL_LINEAR = "all-linear"  # peft's keyword: every Linear of the tower (upstream's target_modules)
 
 
 # ---- config ------------------------------------------------------------------------------

@@ -47,6 +47,9 @@ def merge_lora_state(state: dict[str, torch.Tensor], scaling: float) -> dict[str
     return merged
 
 
+ALL_LINEAR = "all-linear"  # peft's keyword for every Linear; `targets=[ALL_LINEAR]` passes it as the bare string
+
+
 def add_lora(model: torch.nn.Module, *, r: int, alpha: float, dropout: float, targets: list[str],
              bias: str = "none", key: str = "lora") -> torch.nn.Module:
     """`model` wrapped by peft with LoRA on the Linear modules named `targets` (suffixes); only the
@@ -57,8 +60,7 @@ def add_lora(model: torch.nn.Module, *, r: int, alpha: float, dropout: float, ta
     # nn.MultiheadAttention (SigLIP's attention-pool head) reads out_proj.weight directly, so an
     # adapter there would be skipped in forward yet merged on export: leave those alone.
     bypassed = [f"{name}.out_proj" for name, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)]
-    # ['all-linear'] is peft's keyword for every Linear (it has to be the bare string)
-    target_modules = targets[0] if list(targets) == ["all-linear"] else list(targets)
+    target_modules = ALL_LINEAR if list(targets) == [ALL_LINEAR] else list(targets)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias=bias,
                         exclude_modules=bypassed or None)
     try:
