@@ -2,6 +2,7 @@
 right answers are known."""
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -356,6 +357,12 @@ def test_cv_bench_loads_the_toy_copy(data_zoo, tmp_path):
     assert cv_bench.row_image(from_jsonl[5]).tobytes() == cv_bench.row_image(rows[5]).tobytes()
     (jsonl_only / from_jsonl[0]["filename"]).unlink()
     assert cv_bench.row_image(from_jsonl[0]) is None
+    # a source without a Cambrian scoring rule is refused at load, naming the file, before any answer
+    lines = (jsonl_only / "test_2d.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "source": "KITTI"})
+    (jsonl_only / "test_2d.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(common.DatasetLayoutError, match=r"test_2d.jsonl. found \['KITTI'\]"):
+        cv_bench.load(jsonl_only)
 
 
 # ---------------------------------------------------------------- zero-shot and shared pieces

@@ -69,15 +69,16 @@ def load(data_dir: Path | str) -> list[dict]:
             for name in layout:
                 table = pq.read_table(root / name)
                 _check_columns(table.column_names, root / name)
-                rows.extend(table.to_pylist())
+                rows.extend(_checked_sources(table.to_pylist(), root / name))
             return rows
     if all((root / name).is_file() for name in JSONL_LAYOUT):
         rows = []
         for name in JSONL_LAYOUT:
-            for row in read_jsonl(root / name, "CV-Bench questions"):
+            file_rows = read_jsonl(root / name, "CV-Bench questions")
+            for row in file_rows:
                 row["image"] = {"bytes": None, "path": str(root / row["filename"])}
                 _check_columns(row, root / name)
-                rows.append(row)
+            rows.extend(_checked_sources(file_rows, root / name))
         return rows
     expected = " or ".join(" + ".join(layout) for layout in (*PARQUET_LAYOUTS, JSONL_LAYOUT))
     raise DatasetLayoutError(
@@ -93,6 +94,14 @@ def _check_columns(columns, path: Path) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise DatasetLayoutError(NAME, f"columns {list(REQUIRED_COLUMNS)}", path, f"missing {missing}")
+
+
+def _checked_sources(rows: list[dict], path: Path) -> list[dict]:
+    """Every row's source has its Cambrian scoring rule: refused at load, not after generating the answers."""
+    unknown = sorted({row["source"] for row in rows} - set(CAMBRIAN_RULES))
+    if unknown:
+        raise DatasetLayoutError(NAME, f"sources {sorted(CAMBRIAN_RULES)}", path, f"found {unknown}")
+    return rows
 
 
 def row_image(row: dict) -> Image.Image | None:
