@@ -28,14 +28,15 @@ TINY_FLOW = FlowDiTConfig(num_double_blocks=1, num_single_blocks=1, num_heads=2,
                           context_dim=32, axes_dims_rope=(4, 6, 6))
 TINY_MASKED = MaskedDenoiserConfig(depth=2, width=32, num_heads=2, pooled_dim=16, context_dim=32)
 VARIANTS = {
-    "genhancer": (GenHancerConfig, TINY_FLOW, "sd21"),
+    "genhancer": (GenHancerConfig, TINY_FLOW, "flux_vae"),  # upstream's autoencoder: FLUX.1-dev's
     "genhancer-discrete": (GenHancerDiscreteConfig, TINY_MASKED, "vqgan"),
 }
 
 
 @pytest.fixture(scope="module")
 def gen_zoo(tmp_path_factory):
-    """Only the parts GenHancer needs: the tiny CLIP, SD-2.1 (its VAE) and the VQ model."""
+    """Only the parts GenHancer needs: the tiny CLIP, FLUX.1-dev's VAE, SD-2.1 (the alternative VAE)
+    and the VQ model."""
     from llava_plugin.toy import build_zoo
 
     return build_zoo(tmp_path_factory.mktemp("gen_zoo"), seed=0, parts=["vision", "diffusion"])
@@ -399,3 +400,28 @@ def test_continuous_rejects_an_image_size_the_vae_cannot_pack(gen_zoo):
     cfg.image_size = 34
     with pytest.raises(ConfigError, match="multiple of 4"):
         get_method("genhancer")(cfg, load_tower(str(gen_zoo.clip)), str(gen_zoo.sd21))
+
+
+def test_continuous_runs_on_flux_latents_with_their_shift(gen_zoo):
+    """FLUX.1-dev's AE (upstream's): 16 channels, latents (z - 0.1159) * 0.3611 (GenHancer
+    Continuous/src/flux/util.py, flux-dev AutoEncoderParams)."""
+    from enhance.generators.flow_dit import vae_scaled_latents
+
+    method = get_method("genhancer")(_config("genhancer", 1), load_tower(str(gen_zoo.clip)), str(gen_zoo.flux_vae))
+    vae = method.frozen["tokenizer"]
+    assert (vae.config.latent_channels, vae.config.scaling_factor, vae.config.shift_factor) == (16, 0.3611, 0.1159)
+    batch = method.preprocess(_images(2))
+    targets = method.encode_targets(batch)
+    assert targets["latent_mean"].shape[1] == 16
+    zero_noise = torch.full_like(targets["latent_logvar"], -30.0)  # std ~ 3e-7: the mean itself
+    latents = vae_scaled_latents(vae, targets["latent_mean"], zero_noise, torch.Generator().manual_seed(0))
+    assert torch.allclose(latents, (targets["latent_mean"] - 0.1159) * 0.3611, atol=1e-5)
+    assert method(batch | targets, torch.Generator().manual_seed(0)).loss.isfinite()
+
+
+def test_continuous_takes_the_sd_vae_as_the_named_alternative(gen_zoo):
+    """SD-2.1's 4-channel VAE (no shift) still works: a pipeline dir with vae/ is enough."""
+    method = get_method("genhancer")(_config("genhancer", 1), load_tower(str(gen_zoo.clip)), str(gen_zoo.sd21))
+    assert method.frozen["tokenizer"].config.latent_channels == 4
+    batch = method.preprocess(_images(2))
+    assert method(batch | method.encode_targets(batch), torch.Generator().manual_seed(0)).loss.isfinite()

@@ -96,3 +96,19 @@ def test_deterministic_by_seed(tmp_path):
         return hashlib.sha256((out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
 
     assert digest(0, "a") == digest(0, "b") != digest(1, "c")
+
+
+def test_flux_vae_layout_and_roundtrip(gen_zoo):
+    """FLUX.1-dev's vae/ subfolder: a 16-channel AutoencoderKL with shift_factor and no quant convs."""
+    from diffusers import AutoencoderKL
+
+    config = json.loads((gen_zoo.flux_vae / "vae" / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderKL"
+    assert (config["latent_channels"], config["scaling_factor"], config["shift_factor"]) == (16, 0.3611, 0.1159)
+    assert not config["use_quant_conv"] and not config["use_post_quant_conv"]
+    vae = AutoencoderKL.from_pretrained(gen_zoo.flux_vae, subfolder="vae")
+    pixels = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean
+        assert latents.shape == (1, 16, 8, 8)
+        assert vae.decode(latents).sample.shape == pixels.shape

@@ -173,7 +173,7 @@ def vae_dir(location: str | Path) -> Path:
         if (candidate / "config.json").is_file():
             return candidate
     raise FileNotFoundError(f"no VAE at {path}: expected an AutoencoderKL directory (config.json + weights) "
-                            "or a diffusers pipeline directory with a vae/ subfolder (e.g. SD-2.1)")
+                            "or a diffusers pipeline directory with a vae/ subfolder (e.g. FLUX.1-dev, SD-2.1)")
 
 
 def vae_scaled_latents(vae, mean: torch.Tensor, logvar: torch.Tensor, rng) -> torch.Tensor:

@@ -345,7 +345,8 @@ def fixed_timesteps(timesteps, batch: int, device) -> torch.Tensor:
 class GenHancer(GenHancerBase):
     """Continuous GenHancer: a light Flux MM-DiT trained with rectified flow on VAE latents.
 
-    `generator` (stage 1): a VAE dir or a pipeline dir with `vae/` (e.g. SD-2.1-base).
+    `generator` (stage 1): a VAE dir or a pipeline dir with `vae/`: FLUX.1-dev (upstream's 16-channel AE) or
+    another AutoencoderKL such as SD-2.1-base's.
     """
 
     name = "genhancer"

@@ -44,6 +44,7 @@ class Zoo:
     sd21: Path | None = None  # StableDiffusionPipeline layout (unet, vae, text_encoder, tokenizer, scheduler)
     unclip: Path | None = None  # StableUnCLIPImg2ImgPipeline layout, image encoder matching `clip`
     vqgan: Path | None = None  # diffusers VQModel dir (discrete GenHancer tokenizer)
+    flux_vae: Path | None = None  # FLUX.1-dev layout, vae/ only: 16-channel AutoencoderKL with shift_factor
     # data (part "data")
     data: dict[str, Path] = field(default_factory=dict)
     # LLaVA checkpoints (part "llava")

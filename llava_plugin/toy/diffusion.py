@@ -1,5 +1,5 @@
 """Tiny generators in the exact diffusers hub layouts: Stable Diffusion 2.1-base, Stable
-unCLIP 2.1 (image variation), and a VQ autoencoder.
+unCLIP 2.1 (image variation), FLUX.1-dev's autoencoder, and a VQ autoencoder.
 
 Each is written by the real pipeline/model `save_pretrained`, so `from_pretrained(dir)` runs
 the real loading code. Only sizes differ from the hub checkpoints; the component classes,
@@ -48,6 +48,20 @@ TINY_VAE = dict(
     norm_num_groups=8,
     sample_size=16,
     scaling_factor=VAE_SCALING_FACTOR,
+)
+# FLUX.1-dev's vae/config.json: 16 latent channels, latents mapped as (z - 0.1159) * 0.3611, no
+# quant/post-quant convs (GenHancer's Continuous/src/flux/util.py, AutoEncoderParams of "flux-dev",
+# has the same z_channels, scale_factor and shift_factor). The hub VAE has 4 blocks (8x); ours 2.
+FLUX_LATENT_CHANNELS = 16
+FLUX_VAE_SCALING_FACTOR = 0.3611
+FLUX_VAE_SHIFT_FACTOR = 0.1159
+TINY_FLUX_VAE = dict(
+    TINY_VAE,
+    latent_channels=FLUX_LATENT_CHANNELS,
+    scaling_factor=FLUX_VAE_SCALING_FACTOR,
+    shift_factor=FLUX_VAE_SHIFT_FACTOR,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
 )
 # SD-2.1-base's scheduler_config.json (PNDM for sampling; training scripts read it as DDPM)
 SD21_BASE_SCHEDULER = dict(
@@ -98,6 +112,7 @@ def write_generators(zoo, seed: int) -> None:
     zoo.sd21 = write_tiny_sd21(models / "stable-diffusion-2-1-base-tiny", seed)
     zoo.unclip = write_tiny_unclip(models / "stable-diffusion-2-1-unclip-tiny", zoo.clip, seed + 1)
     zoo.vqgan = write_tiny_vq(models / "vqgan-tiny-f4", seed + 2)
+    zoo.flux_vae = write_tiny_flux_vae(models / "FLUX.1-dev-tiny", seed + 3)
 
 
 def _sd2_tokenizer():
@@ -128,11 +143,18 @@ def _text_encoder(tokenizer, seed: int):
     return CLIPTextModel(config)
 
 
-def _vae(seed: int):
+def _vae(seed: int, config: dict = TINY_VAE):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(**TINY_VAE)
+    return AutoencoderKL(**config)
+
+
+def write_tiny_flux_vae(out: Path, seed: int) -> Path:
+    """black-forest-labs/FLUX.1-dev as GenHancer uses it: only its `vae/` subfolder (download it with
+    `--include "vae/*"`); the rest of the FLUX pipeline (the 12B transformer, T5, CLIP-L) is never read."""
+    _vae(seed, TINY_FLUX_VAE).save_pretrained(out / "vae")
+    return out
 
 
 def write_tiny_sd21(out: Path, seed: int) -> Path:
