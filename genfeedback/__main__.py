@@ -1,7 +1,7 @@
 """python -m genfeedback {run,llava,eval,recipes}: the chain's entry points (scripts/*.sh call these).
 
     python -m genfeedback run --preset toy                    # enhance -> LLaVA -> eval -> compare
-    python -m genfeedback run --preset paper --llm DIR --enhance-data SPEC --sd DIR ... --gpus 8
+    python -m genfeedback run --preset paper --llm DIR --enhance-data SPEC --sd DIR --flux DIR ... --gpus 8
     python -m genfeedback run --preset world --seeds 3        # the shapes-world study (python -m world study)
     python -m genfeedback llava --vision-tower SPEC --llm DIR --output DIR --pretrain-data JSON ...
     python -m genfeedback eval --vision-tower SPEC --model DIR --output DIR --mmvp-data DIR ...
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-tower", help="base tower (default: the recipe's)")
     p.add_argument("--backbone", help="paper: backbone of the <method>-<backbone> enhance presets")
     p.add_argument("--enhance-data", help="images for enhancement (e.g. CC3M shards /data/cc3m/{00000..00331}.tar)")
-    p.add_argument("--sd", help="Stable Diffusion 2.1-base dir (DIVA; GenHancer's VAE)")
+    p.add_argument("--sd", help="Stable Diffusion 2.1-base dir (DIVA)")
+    p.add_argument("--flux", help="FLUX.1-dev dir with its vae/ (GenHancer continuous; only vae/ is read)")
     p.add_argument("--unclip", help="Stable unCLIP 2.1 dir whose image encoder matches the tower (un2CLIP)")
     p.add_argument("--vq", help="VQ tokenizer dir (GenHancer discrete)")
     _add_llava_inputs(p)
@@ -169,7 +170,8 @@ def run_config(args) -> PipelineConfig:
     enhance = {k: v for k, v in (("max_steps", args.enhance_steps), ("backbone", args.backbone),
                                  ("data", args.enhance_data)) if v is not None}
     llava = {**_llava_flags(args), **({"max_steps": args.llava_steps} if args.llava_steps is not None else {})}
-    generators = {k: v for k, v in (("sd", args.sd), ("unclip", args.unclip), ("vq", args.vq)) if v}
+    generators = {k: v for k, v in (("sd", args.sd), ("flux", args.flux), ("unclip", args.unclip),
+                                                  ("vq", args.vq)) if v}
     for key, value in (("enhance", enhance), ("llava", llava), ("generators", generators),
                        ("launch", _launch_flags(args))):
         if value:

@@ -62,7 +62,7 @@ class PipelineConfig:
     llm: str = _help("LLaVA's language model (e.g. a local lmsys/vicuna-7b-v1.5).", "")
     methods: dict[str, MethodRun] = _help("Method name (the enhance registry) -> its run; each enhanced tower "
                                           "goes through LLaVA and eval like the base tower.", factory=dict)
-    generators: dict[str, str] = _help("Named generator paths the methods refer to (--sd, --unclip, --vq).",
+    generators: dict[str, str] = _help("Named generator paths the methods refer to (--sd, --flux, --unclip, --vq).",
                                        factory=dict)
     enhance: EnhanceStage = _help("The enhance runs.", factory=EnhanceStage)
     llava: LlavaStage = _help("LLaVA-1.5 pretraining and instruction tuning, the same for every tower.",

@@ -12,7 +12,7 @@ from llava_plugin.jobs import Launch, launch_argv
 
 def paper(*flags: str):
     argv = ["run", "--preset", "paper", "--llm", "/m/vicuna", "--enhance-data", "/d/cc3m/{0..3}.tar",
-            "--sd", "/m/sd21", "--unclip", "/m/unclip", "--vq", "/m/vq", "--mmvp-data", "/d/mmvp", *flags]
+            "--sd", "/m/sd21", "--flux", "/m/flux", "--unclip", "/m/unclip", "--mmvp-data", "/d/mmvp", *flags]
     return run_config(build_parser().parse_args(argv))
 
 
@@ -23,24 +23,37 @@ def by_name(jobs):
 def test_paper_chain_runs_every_method_and_tower_in_dependency_order(tmp_path):
     jobs, eval_dirs = plan_chain(paper(), tmp_path, None)
     named = by_name(jobs)
-    methods = ["diva", "un2clip", "genhancer", "genhancer-discrete"]
+    methods = ["diva", "un2clip", "genhancer"]
     assert [d.name for d in eval_dirs] == ["base", *methods]
     for method in methods:
         assert named[f"llava/{method}/pretrain"].deps == [f"enhance/{method}"]
         assert named[f"llava/{method}/finetune"].deps == [f"llava/{method}/pretrain"]
         assert named[f"eval/{method}/mmvp"].deps == [f"llava/{method}/finetune"]
         argv = named[f"enhance/{method}"].argv
-        assert argv[argv.index("--preset") + 1] == "paper" and argv[argv.index("--backbone") + 1] == "openai-l14-224"
+        assert argv[argv.index("--preset") + 1] == "paper" and argv[argv.index("--backbone") + 1] == "openai-l14-336"
     assert named["llava/base/pretrain"].deps == []  # the base tower needs no enhance run
     # each method gets its own generator; the LLaVA recipe is the same for every tower
     generator = {m: named[f"enhance/{m}"].argv[named[f"enhance/{m}"].argv.index("--generator") + 1] for m in methods}
-    assert generator == {"diva": "/m/sd21", "un2clip": "/m/unclip", "genhancer": "/m/sd21", "genhancer-discrete": "/m/vq"}
+    assert generator == {"diva": "/m/sd21", "un2clip": "/m/unclip", "genhancer": "/m/flux"}
     finetunes = [named[f"llava/{t}/finetune"].argv for t in ["base", *methods]]
     strip = [[a for a in argv if "vision_tower" not in a and "clip-vit" not in a and "/llava/" not in a]
              for argv in finetunes]
     assert all(s == strip[0] for s in strip)
     assert "llava15-7b-finetune" in finetunes[0]
     assert set(named["compare"].deps) == {n for n in named if n.startswith("eval/")}
+
+
+def test_paper_chain_runs_at_llava15s_resolution():
+    """LLaVA-1.5 uses CLIP L/14@336 (576 image tokens): every tower the paper chain trains LLaVA on is @336."""
+    from enhance.__main__ import build_parser as enhance_parser
+    from enhance.__main__ import run_from_args
+
+    cfg = paper()
+    assert cfg.vision_tower == "openai/clip-vit-large-patch14-336"
+    for method in cfg.methods:
+        stages = run_from_args(enhance_parser().parse_args(enhance_args(cfg, method, Path("/tmp/x"), None)))
+        for _stage, config in stages:
+            assert config.vision_tower == "openai/clip-vit-large-patch14-336", method
 
 
 def test_flags_and_overrides_reach_the_jobs(tmp_path):
