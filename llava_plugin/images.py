@@ -31,6 +31,25 @@ class ImageDecodeError(GenfeedbackError, ValueError):
     """An image file that is empty, truncated or not an image; the message says which."""
 
 
+def check_image_header(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, or ImageDecodeError: catches a missing, empty, non-image or
+    header-damaged file at a fraction of a decode's cost (pixels are not read, so a file truncated after
+    its header passes; `decode_rgb` finds those)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageDecodeError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageDecodeError(f"{path}: zero-size file")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(f"{path}: {type(err).__name__}: {err}") from err
+    if not width or not height:
+        raise ImageDecodeError(f"{path}: the header says {width}x{height} pixels")
+    return width, height
+
+
 def decode_rgb(source: str | Path | bytes) -> Image.Image:
     """A path or encoded bytes -> a fully decoded RGB image, or ImageDecodeError.
 

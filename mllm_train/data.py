@@ -5,11 +5,12 @@ A LLaVA JSON file is a list of records `{"id", "image"?, "conversations": [{"fro
 "human"|"gpt", "value"}, ...]}`; a record with an `image` has exactly one `<image>` tag in a
 human turn, a record without one has none (text-only). `.jsonl` (one record a line) works too.
 
-Bad samples are found when the dataset is built (structure, template fit, image files; with
-`verify=True` also tokenization and decoding every image) and raise `BadSample` naming the id,
-or, with `skip_bad_samples`, are dropped and counted; more than `max_skip_fraction` dropped is
-an error. A problem met later, in `__getitem__`, always raises: skipping it mid-epoch would
-silently change the batches.
+Bad samples are found when the dataset is built (structure, template fit, image files and, by
+default, each image's header; with `verify: full` also tokenization and decoding every image) and
+raise `BadSample` naming the id, or, with `skip_bad_samples`, are dropped and counted; more than
+`max_skip_fraction` dropped is an error. A problem met later, in `__getitem__` (a file truncated
+after its header, nothing supervised after truncation), raises too, or with `skip_bad_samples` is
+replaced by the next sample of the same modality and counted.
 """
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ from typing import Literal
 import torch
 
 from llava_plugin.config import ConfigError
-from llava_plugin.images import ImageDecodeError, decode_rgb, pad_to_square, processor_mean_color
+from llava_plugin.images import (
+    ImageDecodeError,
+    check_image_header,
+    decode_rgb,
+    pad_to_square,
+    processor_mean_color,
+)
 from llava_plugin.train.plan import modality_length_steps
 from mllm_train.conversation import (
     GPT,
@@ -36,6 +43,9 @@ from mllm_train.conversation import (
     check_turns,
     tokenize_conversation,
 )
+
+
+VERIFY_MODES = ("none", "header", "full")  # data.verify: how much of each sample the start-up check reads
 
 
 @dataclass
@@ -67,9 +77,11 @@ class DataConfig:
                 "fewer positions computed). LLaVA-1.5 pads."})
     seed: int = field(default=42, metadata={"help": "seeds the data order: order = f(seed, epoch)"})
     num_workers: int = field(default=4, metadata={"help": "DataLoader workers (0: in-process)"})
-    verify: bool = field(default=False, metadata={
-        "help": "also tokenize every sample and decode every image when the dataset is built "
-                "(slower; catches every bad sample before training starts)"})
+    verify: str = field(default="header", metadata={
+        "help": "what the start-up check reads of each sample besides its structure and image path: header "
+                "(default: each image's file header, a small fraction of a decode), full (also tokenize every "
+                "sample and decode every image: slower, catches every bad sample before training starts) or "
+                "none. What it misses is found when read, and skipped with skip_bad_samples"})
 
     def validate(self) -> None:
         if not self.data_path:
@@ -82,6 +94,10 @@ class DataConfig:
             raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
         if self.length_group_megabatches < 1:
             raise ConfigError(f"data.length_group_megabatches={self.length_group_megabatches}: must be >= 1")
+        if isinstance(self.verify, bool):  # the switch was a bool: true meant the full check
+            self.verify = "full" if self.verify else "none"
+        if self.verify not in VERIFY_MODES:
+            raise ConfigError(f"data.verify={self.verify!r}: must be one of {', '.join(VERIFY_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -221,10 +237,15 @@ class LlavaDataset(torch.utils.data.Dataset):
             path = self.image_folder / sample.image
             if not path.is_file():
                 raise BadSample(sample.id, f"image {path} does not exist")
-        if self.config.verify:
+        if self.config.verify == "full":
             self._tokenize(sample)
             if sample.image is not None:
                 load_image(self.image_folder / sample.image, sample.id)
+        elif self.config.verify == "header" and sample.image is not None:
+            try:
+                check_image_header(path)
+            except ImageDecodeError as err:
+                raise BadSample(sample.id, f"image {path} cannot be read ({err})") from err
         return sample
 
     def _tokenize(self, sample: Sample):

@@ -14,6 +14,7 @@ from mllm_train.conversation import (
     get_template,
     tokenize_conversation,
 )
+from llava_plugin.config import ConfigError
 from mllm_train.data import (
     Collator,
     DataConfig,
@@ -155,24 +156,62 @@ def test_unreadable_image(tmp_path, tokenizer, processor):
     records = GOOD + [{"id": "broken", "image": "broken.jpg", "conversations": GOOD[0]["conversations"]}]
     write_fixture(tmp_path, records)
     (tmp_path / "img" / "broken.jpg").write_bytes(b"not a jpeg")
-    # found when it is read ...
-    dataset = make_dataset(tmp_path, tokenizer, processor, records=records)
+    # found when it is read (without the start-up check) ...
+    dataset = make_dataset(tmp_path, tokenizer, processor, records=records, verify="none")
     with pytest.raises(BadSample, match="sample 'broken': image .*broken.jpg cannot be read"):
         dataset[3]
     # ... as a one-line error that says how to skip it ...
     with pytest.raises(BadSample, match="found during training; set skip_bad_samples"):
         dataset[3]
     # ... or, with skip_bad_samples, replaced by the next sample with an image (a step stays single-modality)
-    dataset = make_dataset(tmp_path, tokenizer, processor, records=records, skip_bad_samples=True)
+    dataset = make_dataset(tmp_path, tokenizer, processor, records=records, skip_bad_samples=True, verify="none")
     item = dataset[3]
     assert item["id"] == "img-1" and item["pixel_values"] is not None
     assert len(item["skipped"]) == 1 and item["skipped"][0].startswith("sample 'broken': image")
     assert dataset[3]["id"] == "img-1"  # deterministic: a resumed run sees the same replacement
     assert dataset[0]["skipped"] == []
     # ... or up front with verify, where it can be skipped and counted
-    dataset = make_dataset(tmp_path, tokenizer, processor, records=records, verify=True, skip_bad_samples=True,
+    dataset = make_dataset(tmp_path, tokenizer, processor, records=records, verify="full", skip_bad_samples=True,
                            max_skip_fraction=0.5)
     assert len(dataset) == 3 and [bad.sample_id for bad in dataset.skipped] == ["broken"]
+
+
+def write_truncated_jpeg(path) -> None:
+    """A real JPEG cut 20 bytes into its scan: the header parses, the pixels do not decode."""
+    striped().save(path, "JPEG")
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"\xff\xda") + 20])
+
+
+def test_the_default_start_up_check_reads_image_headers(tmp_path, tokenizer, processor):
+    """verify: header (the default) drops a file that is not an image before training; one truncated after
+    its header passes and is met when read; verify: full decodes it up front."""
+    records = GOOD + [{"id": "junk", "image": "junk.jpg", "conversations": GOOD[0]["conversations"]},
+                      {"id": "cut", "image": "cut.jpg", "conversations": GOOD[0]["conversations"]}]
+    write_fixture(tmp_path, records)
+    (tmp_path / "img" / "junk.jpg").write_bytes(b"not a jpeg")
+    write_truncated_jpeg(tmp_path / "img" / "cut.jpg")
+    with pytest.raises(BadSample, match="sample 'junk': image .*junk.jpg cannot be read .*skip_bad_samples"):
+        make_dataset(tmp_path, tokenizer, processor, records=records)
+    kwargs = dict(records=records, skip_bad_samples=True, max_skip_fraction=0.5)
+    header = make_dataset(tmp_path, tokenizer, processor, **kwargs)
+    assert [bad.sample_id for bad in header.skipped] == ["junk"] and len(header) == 4
+    with pytest.raises(BadSample, match="sample 'cut'"):
+        header._item(header.samples[3])
+    full = make_dataset(tmp_path, tokenizer, processor, verify="full", **kwargs)
+    assert [bad.sample_id for bad in full.skipped] == ["junk", "cut"]
+    none = make_dataset(tmp_path, tokenizer, processor, verify="none", **kwargs)
+    assert none.skipped == [] and len(none) == 5
+
+
+def test_verify_modes_are_checked():
+    assert DataConfig(data_path="x.json").verify == "header"
+    for given, meant in ((True, "full"), (False, "none"), ("full", "full")):
+        cfg = DataConfig(data_path="x.json", verify=given)
+        cfg.validate()
+        assert cfg.verify == meant
+    with pytest.raises(ConfigError, match="data.verify='quick': must be one of none, header, full"):
+        DataConfig(data_path="x.json", verify="quick").validate()
 
 
 def test_nothing_supervised_after_truncation_is_skipped_at_run_time(tmp_path, tokenizer, processor):
@@ -258,7 +297,7 @@ def test_sampler_groups_lengths():
 def test_dataloader_end_to_end_on_zoo_data(zoo, tokenizer, processor):
     """The zoo's mix665k-style file: every sample checks out and supervises exactly its answers."""
     cfg = DataConfig(data_path=str(zoo.data["llava_finetune"]), image_folder=str(zoo.data["llava_image_folder"]),
-                     verify=True)
+                     verify="full")
     dataset = LlavaDataset(cfg, tokenizer, get_template("vicuna_v1"), processor, image_token_id=IMAGE_TOKEN,
                            num_image_tokens=N_PATCHES)
     records = json.loads(zoo.data["llava_finetune"].read_text())

@@ -269,7 +269,7 @@ def test_zero3_keeps_the_frozen_tower_whole_and_trains_as_without_zero(zoo, tmp_
 
 
 def test_a_bad_image_found_mid_run_is_one_line_or_a_counted_skip(zoo, tmp_path):
-    """An image that exists but does not decode passes the start-up checks (verify off) and is met only
+    """An image truncated after its header passes the start-up checks (verify: header) and is met only
     in training: without skip_bad_samples, a one-line error naming it; with it, a replacement and
     `skipped_samples` in metrics.jsonl, counted once over two epochs; past max_skip_fraction, an error."""
     import shutil
@@ -278,7 +278,8 @@ def test_a_bad_image_found_mid_run_is_one_line_or_a_counted_skip(zoo, tmp_path):
     shutil.copytree(zoo.data["llava_image_folder"], images)
     records = json.loads(Path(zoo.data["llava_finetune"]).read_text())
     broken = records[0]["image"]
-    (images / broken).write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    jpeg = (images / broken).read_bytes()
+    (images / broken).write_bytes(jpeg[: jpeg.index(b"\xff\xda") + 20])  # cut 20 bytes into the scan
     data = tmp_path / "data.json"
     data.write_text(json.dumps(records))
 
