@@ -44,7 +44,6 @@ from mllm_train.conversation import (
     tokenize_conversation,
 )
 
-
 VERIFY_MODES = ("none", "header", "full")  # data.verify: how much of each sample the start-up check reads
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from llava_plugin.config import ConfigError
 from mllm_train.conversation import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
@@ -14,7 +15,6 @@ from mllm_train.conversation import (
     get_template,
     tokenize_conversation,
 )
-from llava_plugin.config import ConfigError
 from mllm_train.data import (
     Collator,
     DataConfig,
@@ -193,7 +193,7 @@ def test_the_default_start_up_check_reads_image_headers(tmp_path, tokenizer, pro
     write_truncated_jpeg(tmp_path / "img" / "cut.jpg")
     with pytest.raises(BadSample, match="sample 'junk': image .*junk.jpg cannot be read .*skip_bad_samples"):
         make_dataset(tmp_path, tokenizer, processor, records=records)
-    kwargs = dict(records=records, skip_bad_samples=True, max_skip_fraction=0.5)
+    kwargs = {"records": records, "skip_bad_samples": True, "max_skip_fraction": 0.5}
     header = make_dataset(tmp_path, tokenizer, processor, **kwargs)
     assert [bad.sample_id for bad in header.skipped] == ["junk"] and len(header) == 4
     with pytest.raises(BadSample, match="sample 'cut'"):
