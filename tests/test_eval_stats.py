@@ -114,3 +114,13 @@ def test_device_and_dtype_default_to_the_gpu_in_float16_else_cpu_float32(monkeyp
     assert resolved(False) == ("cpu", "float32")
     assert resolved(True, dtype="bfloat16") == ("cuda", "bfloat16")
     assert resolved(True, device="cpu") == ("cpu", "float32")
+
+
+def test_every_generation_benchmark_batches_by_default():
+    """VQA (through lmms-eval) generates 8 questions at a time like MMVP and CV-Bench, not one."""
+    from eval.__main__ import build_parser
+
+    common = ["--model", "m", "--output", "o"]
+    for argv in (["vqa", *common, "--tasks", "gqa", "--data-root", "d"], ["mmvp", *common, "--data", "d"],
+                 ["cv-bench", *common, "--data", "d"]):
+        assert build_parser().parse_args(argv).batch_size == 8, argv[0]

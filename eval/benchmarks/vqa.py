@@ -15,6 +15,7 @@ from pathlib import Path
 
 from eval.benchmarks.base import (
     Benchmark,
+    GenerationBenchmark,
     Resampling,
     ResamplingError,
     add_device_arguments,
@@ -46,7 +47,9 @@ class VQA(Benchmark):
         parser.add_argument("--data-root", required=True, type=Path,
                             help="root of the local dataset copies in hub layout (see eval.lmms)")
         parser.add_argument("--output", required=True, type=Path)
-        parser.add_argument("--batch-size", type=int, default=1)
+        parser.add_argument("--batch-size", type=int, default=GenerationBenchmark.default_batch_size,
+                            help="questions generated together, left-padded as MMVP and CV-Bench are "
+                                 f"(default {GenerationBenchmark.default_batch_size}; recorded in metrics.json)")
         parser.add_argument("--limit", type=int, default=None,
                             help="first N samples per task (debugging only)")
         add_device_arguments(parser)
