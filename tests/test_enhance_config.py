@@ -1,17 +1,20 @@
 """enhance's stage config: presets, validation messages, CLI flags -> config, --help."""
 import json
+from dataclasses import fields
 
 import pytest
 
 from enhance.config import PRESET_DIR, STAGES_KEY, ConfigError, load_config, load_run, presets
 from llava_plugin.config import load_yaml_preset
+from llava_plugin.toy import Zoo
 
 
 @pytest.fixture
 def paper_zoo(tmp_path):
-    """A zoo.json naming every zoo path a tiny or world preset refers to (no models needed to parse a config)."""
-    zoo = {"seed": 0, "root": str(tmp_path), "clip": str(tmp_path / "clip"), "sd21": str(tmp_path / "sd21"),
-           "unclip": str(tmp_path / "unclip"), "vqgan": str(tmp_path / "vqgan"),
+    """A zoo.json naming a path for every model field of the zoo, so a preset may refer to any part
+    (no models needed to parse a config); the fields come from `Zoo` itself, so a new part is covered."""
+    model_fields = [f.name for f in fields(Zoo) if f.name not in ("root", "data")]
+    zoo = {"seed": 0, "root": str(tmp_path), **{name: str(tmp_path / name) for name in model_fields},
            "data": {"scenes": str(tmp_path / "scenes"), "enhance": str(tmp_path / "enhance" / "images.jsonl"),
                     "pairs": str(tmp_path / "pairs" / "pairs.jsonl")}}
     (tmp_path / "zoo.json").write_text(json.dumps(zoo))
