@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rescore", help=TOOLS["rescore"][0])
     p.add_argument("results", type=Path, help="a results directory written by this CLI")
     p.add_argument(
-        "--parser", default=None, help="rescore CV-Bench with another parser (prints, does not check)"
+        "--parser", default=None,
+        help="re-parse the raw answers with another parser of the benchmark (cv_bench: cambrian, lmms; "
+        "mmvp: strict, lmms, cambrian) and print the metrics; metrics.json is neither checked nor changed",
     )
 
     p = sub.add_parser("compare", help=TOOLS["compare"][0])
@@ -108,12 +110,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _rescore(results: Path, parser: str | None) -> int:
     from eval.benchmarks import rescore
     from eval.benchmarks.common import read_metrics
+    from llava_plugin.errors import GenfeedbackError
 
+    recorded = read_metrics(results)
     if parser is not None:
+        if isinstance(recorded.get("config"), dict) and "parser" not in recorded["config"]:
+            raise GenfeedbackError(f"{results}: --parser applies to benchmarks with several answer parsers "
+                                   f"(cv_bench, mmvp); {recorded.get('benchmark')!r} has none")
         print(json.dumps(rescore(results, {"parser": parser}), indent=2))
         return 0
     recomputed = rescore(results)
-    recorded = read_metrics(results)
     if recomputed == recorded:
         print(f"{results}: metrics.json reproduced from predictions.jsonl ({recorded['benchmark']})")
         return 0

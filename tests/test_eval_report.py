@@ -29,7 +29,7 @@ def _mmvp_run(out, answers):
     predictions = [
         mmvp.make_prediction(q, "prompt", a, missing_image=False) for q, a in zip(questions, answers)
     ]
-    config = {"model": "m", "parser": mmvp.PARSER}
+    config = {"model": "m", "parser": mmvp.DEFAULT_PARSER}
     write_results(out, predictions, mmvp.score(predictions, config))
 
 
@@ -225,3 +225,38 @@ def test_rescore_reproduces_and_detects_tampering(tmp_path, capsys):
     (out / "metrics.json").write_text(json.dumps(metrics))
     assert main(["rescore", str(out)]) == 1
     assert "headline" in capsys.readouterr().err
+
+
+def test_mmvp_rescore_with_another_parser(tmp_path, capsys):
+    out = tmp_path / "mmvp"
+    # gold A, B, A, B; options Yes/No
+    _mmvp_run(out, ["It has a long tail", "B", "A", "(b) No"])
+    recorded = (out / "metrics.json").read_bytes()
+    assert main(["rescore", str(out)]) == 0
+    strict = rescore(out)
+    assert (strict["question_accuracy"], strict["pair_accuracy"]) == (75.0, 50.0)
+    lmms = rescore(out, {"parser": "lmms"})  # reads the stray "a" of "a long tail" as the answer A
+    assert (lmms["question_accuracy"], lmms["pair_accuracy"]) == (100.0, 100.0)
+    assert lmms["config"]["parser"] == "lmms" and lmms["unparseable"]["count"] == 0
+    cambrian = rescore(out, {"parser": "cambrian"})  # "(b) No" is not exactly a letter nor an option
+    assert (cambrian["question_accuracy"], cambrian["pair_accuracy"]) == (50.0, 0.0)
+    capsys.readouterr()
+    assert main(["rescore", str(out), "--parser", "lmms"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == lmms and printed["headline"] == {"pair_accuracy": 100.0, "question_accuracy": 100.0}
+    assert (out / "metrics.json").read_bytes() == recorded  # printed, never written
+    assert main(["rescore", str(out)]) == 0  # the recorded (strict) metrics still reproduce
+
+
+def test_rescore_parser_errors_are_one_line(tmp_path, capsys):
+    out = tmp_path / "mmvp"
+    _mmvp_run(out, ["A", "B", "A", "B"])
+    capsys.readouterr()
+    assert main(["rescore", str(out), "--parser", "gpt4"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: unknown MMVP parser 'gpt4'; known parsers: strict, lmms, cambrian\n"
+    zs = tmp_path / "zeroshot"
+    _zeroshot_run(zs, [True, False])
+    assert main(["rescore", str(zs), "--parser", "lmms"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--parser applies to benchmarks with several answer parsers" in err

@@ -9,6 +9,7 @@ import pytest
 
 from eval import mllm
 from eval.benchmarks import common, cv_bench, mmvp, mmvp_vlm, zeroshot
+from llava_plugin.errors import GenfeedbackError
 from llava_plugin.toy import build_zoo
 
 
@@ -164,6 +165,109 @@ YES_NO = ("Yes", "No")
 )
 def test_mmvp_parse_answer(text, options, expected):
     assert mmvp.parse_answer(text, options) == expected
+
+
+LONG_SHORT = ("Long", "Short")
+
+
+# What each parser reads (None: nothing); strict is ours, lmms is lmms-eval 0.7.2's loose letter search,
+# cambrian is Cambrian-1's whole-answer comparison with the letter or the option text.
+@pytest.mark.parametrize(
+    "text, options, strict, lmms, cambrian",
+    [
+        ("A", YES_NO, "A", "A", "A"),
+        ("b", YES_NO, "B", "B", "B"),  # case is ignored by all three
+        ("(b)", YES_NO, "B", "B", "B"),
+        ("B.", YES_NO, "B", "B", "B"),
+        ("b)", YES_NO, "B", "B", "B"),
+        ("The answer is (B).", YES_NO, "B", "B", "B"),
+        ("Answer: (a)", YES_NO, "A", "A", "A"),
+        # Cambrian compares the whole rest of the answer: a letter with its option text is not read
+        ("(b) No", YES_NO, "B", "B", None),
+        ("B. No", YES_NO, "B", "B", None),
+        # Cambrian keeps what follows "answer is", so the colon stays and the letter is not read
+        ("The answer is: B", YES_NO, "B", "B", None),
+        # the option text alone: lmms-eval never matches it
+        ("Yes", YES_NO, "A", None, "A"),
+        ("No.", YES_NO, "B", None, "B"),
+        ("Short.", LONG_SHORT, "B", None, "B"),
+        # ... and where it starts with a/b, lmms-eval's last resort reads its first letter
+        ("Above", ("Below", "Above"), "B", "A", "B"),
+        # free text: only lmms-eval's search finds a stray letter, even inside a word
+        ("It has a long tail", LONG_SHORT, None, "A", None),
+        ("A dog is sitting on the grass", YES_NO, None, "A", None),
+        ("The tab is open", ("Open", "Closed"), None, "B", None),
+        ("Option B", YES_NO, None, "B", None),
+        ("No, the feet are not visible.", YES_NO, "B", None, None),
+        ("", YES_NO, None, None, None),
+        (None, YES_NO, None, None, None),
+    ],
+)
+def test_mmvp_parsers_differ(text, options, strict, lmms, cambrian):
+    for parser, expected in (("strict", strict), ("lmms", lmms), ("cambrian", cambrian)):
+        assert mmvp.parse(text, parser, options) == expected, parser
+        for gold in "AB":
+            q = mmvp.Question(1, "Q?", "", options, gold, None)
+            assert mmvp.make_prediction(q, "p", text, False, parser)["correct"] == (expected == gold), parser
+
+
+def test_mmvp_cambrian_correctness_is_the_gold_letter_or_the_gold_text():
+    # Cambrian's rule is gold-dependent: a reading that is one option's letter and the other's text is right
+    # either way, whatever letter `parsed` records
+    for gold in "AB":
+        q = mmvp.Question(1, "Q?", "", ("X", "a"), gold, None)
+        prediction = mmvp.make_prediction(q, "p", "A.", False, "cambrian")
+        assert prediction["parsed"] == "A" and prediction["correct"]
+        assert mmvp.make_prediction(q, "p", "A.", False, "lmms")["correct"] == (gold == "A")
+
+
+def test_mmvp_unknown_parser_is_a_user_error():
+    with pytest.raises(GenfeedbackError, match="unknown MMVP parser 'gpt4'; known parsers: strict, lmms, cambrian"):
+        mmvp.parse("A", "gpt4", YES_NO)
+    from eval.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["mmvp", "--model", "m", "--data", "d", "--output", "o", "--parser", "gpt4"])
+    args = build_parser().parse_args(["mmvp", "--model", "m", "--data", "d", "--output", "o", "--parser", "lmms"])
+    assert args.parser == "lmms"
+
+
+class _FakeProcessor:
+    """What GenerationBenchmark.answer asks of a checkpoint's processor: its chat template and mean colour."""
+
+    image_processor = type("ImageProcessor", (), {"image_mean": [0.5, 0.25, 0.0]})()
+
+    def apply_chat_template(self, messages, add_generation_prompt):
+        return mllm.format_prompt(messages[0]["content"][1]["text"])
+
+
+def test_mmvp_metrics_record_the_parser_and_the_protocol(data_zoo, tmp_path, monkeypatch, capsys):
+    """A run (the model faked: every answer is free text) records the parser and how the answers were
+    made; `rescore` reproduces it, and `rescore --parser` re-reads the same answers differently."""
+    from eval.__main__ import main
+
+    monkeypatch.setattr(mllm, "load_mllm", lambda *a, **k: (None, _FakeProcessor()))
+    monkeypatch.setattr(mllm, "generate", lambda model, processor, images, prompts, **k: ["It has a long tail"] * len(prompts))
+    out = tmp_path / "mmvp"
+    argv = ["mmvp", "--model", "m", "--data", str(data_zoo.data["mmvp"]), "--output", str(out), "--device", "cpu"]
+    assert main([*argv, "--parser", "lmms", "--max-new-tokens", "16"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    golds = [p["gold"] for p in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())]
+    assert metrics["question_accuracy"] == 100.0 * golds.count("A") / 300  # lmms-eval reads "a long" as A
+    config = metrics["config"]
+    assert {k: config[k] for k in ("parser", "prompt_style", "fix_label_swap", "max_new_tokens", "decoding",
+                                   "temperature", "num_beams", "dtype", "device")} == {
+        "parser": "lmms", "prompt_style": "llava", "fix_label_swap": True, "max_new_tokens": 16,
+        "decoding": "greedy", "temperature": 0, "num_beams": 1, "dtype": "float32", "device": "cpu"}
+    assert config["chat_format"] == mllm.format_prompt("{prompt}")  # the system prompt and conversation
+    assert config["chat_format"].startswith("A chat between") and "USER: <image>\n{prompt} ASSISTANT:" in config["chat_format"]
+    assert config["pad_color"] == [127, 63, 0] and "pad to square" in config["image_padding"]
+    assert main(["rescore", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["rescore", str(out), "--parser", "strict"]) == 0
+    strict = json.loads(capsys.readouterr().out)
+    assert strict["question_accuracy"] == 0.0 and strict["unparseable"]["count"] == 300
+    assert strict["config"]["parser"] == "strict"
 
 
 def test_mmvp_pair_accuracy_differs_from_question_accuracy():

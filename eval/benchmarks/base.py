@@ -175,7 +175,9 @@ class GenerationBenchmark(Benchmark):
         return {"model": args.model, "vision_tower": args.vision_tower,
                 "data": str(Path(args.data).resolve()), **self.options(args, data),
                 "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "device": args.device,
-                "decoding": "greedy"}
+                "decoding": "greedy", "temperature": 0, "num_beams": 1,  # eval.mllm.generate: do_sample=False
+                "image_padding": "pad to square (LLaVA-1.5 image_aspect_ratio=pad)",
+                **getattr(args, "checkpoint_protocol", {})}
 
     def options(self, args: argparse.Namespace, data: Any) -> dict:
         """The benchmark's own entries of `config` (between data and max_new_tokens)."""
@@ -194,6 +196,10 @@ class GenerationBenchmark(Benchmark):
         model, processor = mllm.load_mllm(args.model, device=args.device, dtype=getattr(torch, args.dtype),
                                           vision_tower=args.vision_tower)
         chat = [mllm.format_prompt(prompt, processor=processor) for prompt in prompts]
+        # what the checkpoint brings to the protocol, for `config` (which `run` calls after `predict`):
+        # its conversation template and system prompt around a prompt, and the colour images are padded with
+        args.checkpoint_protocol = {"chat_format": mllm.format_prompt("{prompt}", processor=processor),
+                                    "pad_color": list(mllm.mean_color(processor))}
         return chat, mllm.generate(model, processor, images, chat, batch_size=args.batch_size,
                                    max_new_tokens=args.max_new_tokens, desc=desc)
 

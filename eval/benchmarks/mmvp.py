@@ -8,12 +8,35 @@ pair k; pair accuracy (both right) is the headline, question accuracy is reporte
 Prompt styles (`--prompt-style`):
 - `llava` (default): LLaVA-1.5's multiple-choice format, `{question}\\nA. X\\nB. Y\\nAnswer with the
   option's letter from the given choices directly.`: short answers a deterministic matcher can read.
+  It is also lmms-eval's MMVP prompt, character for character.
 - `original`: the MMVP script's `{question} {options}` (e.g. `... (a) Yes (b) No`): draws long free
   text, which the original graded with GPT-4.
 
-Answer matching is deterministic and strict (see `parse_answer`): a bare letter, `(a)`, `A.`,
-"the answer is B", or the option text itself. Free text is never searched for a stray letter,
-unlike lmms-eval's loose search, which reads "It has a long tail" as A.
+Parsers (`--parser`, named in metrics.json's config; `python -m eval rescore DIR --parser X` re-reads
+saved answers). The original MMVP grades with a GPT-4 judge, which none of them is:
+- `strict` (default, ours, `parse_answer`): a bare letter, `(a)`, `A.`, "the answer is B", or the
+  option text itself. Free text is never searched for a stray letter.
+- `lmms` (lmms-eval 0.7.2's mmvp task): the first of: the whole answer is a letter (`b`, `(B)`,
+  `A.`); a letter at the start followed by `.` or a space (`(b) No`, "A dog ..." -> A); "answer is
+  B"; "option B"; anywhere, an a/b followed by a space or the end, even inside a word ("It has a
+  long tail" -> A, "The tab is open" -> B); the first character if it is a/b ("Above" -> A). Case
+  is ignored; the option text is never matched.
+- `cambrian` (Cambrian-1's mmvp_test.py): lowercase, keep what follows the last "answer is" (then
+  "answer is:", then "answer:"), strip spaces, trailing `.:,`, a leading `(` and trailing `)`; the
+  rest must be exactly the gold letter or exactly the gold option's text: "(b)", "B." and "No." are
+  read, "(b) No", "B. No" and "The answer is: B" (the colon survives) are not.
+
+Differences from upstream, all in the aggregation, none in the per-answer rule: both upstreams report
+fractions of 1 where we report percent; lmms-eval leaves an incomplete pair out of pair accuracy, and
+Cambrian's script reports as "accuracy" the pair accuracy counted by the order of its answer file,
+where `score` refuses an incomplete pair (pairs come from `lndex`, not file order). Cambrian's letter
+and text checks are gold-dependent; `parsed` records the letter they read (the letter first, then
+option A's text, then B's), and `correct` applies Cambrian's rule itself, so the two can only
+disagree on an option whose text is a single letter. Upstream's protocols around the parser, which
+metrics.json records for ours: lmms-eval uses the corrected labels (our default `--fix-label-swap`),
+the llava prompt, greedy decoding with max_new_tokens 16; Cambrian-1 grades the original labels
+(`--no-fix-label-swap`), with its own prompt `{question} Options:\\nA. X\\nB. Y\\n` + LLaVA's letter
+instruction (neither of our styles), vicuna_v1, temperature 0, max_new_tokens 512.
 
 Label swap: the original release has the labels of questions 99/100 and 279/280 swapped
 (the images show the opposite; lmms-eval issue 1018, fixed in lmms-lab-eval/MMVP). We fix them by
@@ -39,6 +62,7 @@ from eval.benchmarks.common import (
     require_dir,
     require_file,
 )
+from llava_plugin.errors import GenfeedbackError
 
 NAME = "mmvp"
 HEADER = ["lndex", "Question", "Options", "Correct Answer"]
@@ -48,7 +72,8 @@ SWAPPED_PAIRS = ((99, 100), (279, 280))  # 1-based lndex
 ORIGINAL_SWAPPED_LABELS = ("(a)", "(b)")  # what the original release says for each swapped pair
 PROMPT_STYLES = ("llava", "original")
 LLAVA_SUFFIX = "Answer with the option's letter from the given choices directly."
-PARSER = "strict"  # the only MMVP matcher; named in metrics
+PARSERS = ("strict", "lmms", "cambrian")
+DEFAULT_PARSER = "strict"
 _OPTIONS = re.compile(r"^\s*\(a\)\s*(?P<a>.+?)\s*\(b\)\s*(?P<b>.+?)\s*$", re.IGNORECASE | re.DOTALL)
 
 
@@ -176,16 +201,102 @@ def parse_answer(text: str | None, options: tuple[str, str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+class UnknownParserError(GenfeedbackError, ValueError):
+    """A parser name MMVP does not know (a flag or `rescore --parser` value the user can fix)."""
+
+
+def check_parser(parser: str) -> str:
+    if parser not in PARSERS:
+        raise UnknownParserError(f"unknown MMVP parser {parser!r}; known parsers: {', '.join(PARSERS)}")
+    return parser
+
+
+# lmms-eval v0.7.2 (cb45ac4d4a667ea5ef89c7a148bff69b3489b981; the mmvp task is unchanged from v0.7 to
+# 75571cfe) lmms_eval/tasks/mmvp/utils.py:32-67 (_extract_answer_letter), read from its behaviour:
+# on the stripped answer, case ignored, the first rule that finds a letter wins; none -> "" (never right).
+_LMMS_RULES = (  # utils.py:50-61
+    re.compile(r"\(?([ab])\)?\.?", re.IGNORECASE).fullmatch,  # only a letter: b, (B), A.
+    re.compile(r"\(?([ab])\)?[.\s]", re.IGNORECASE).match,  # opens the answer: "(b) No", "A dog"
+    re.compile(r"answer\s+is\s+\(?([ab])", re.IGNORECASE).search,  # "... answer is (B)"
+    re.compile(r"option\s+\(?([ab])", re.IGNORECASE).search,  # "Option B"
+    # the first a/b (optionally with ")") before a space or the end, inside a word too: "a long", "tab is"
+    re.compile(r"([ab])\)?(?:\s|$)", re.IGNORECASE).search,
+)
+
+
+def parse_lmms(text: str | None) -> str | None:
+    """lmms-eval's MMVP reading: 'A'/'B' or None (its "")."""
+    if text is None:
+        return None
+    t = text.strip()
+    for find in _LMMS_RULES:
+        hit = find(t)
+        if hit:
+            return hit[1].upper()
+    # utils.py:63-65: at last, the first character if it is a letter a/b ("Above" -> A)
+    return t[0].upper() if t[:1].lower() in ("a", "b") else None
+
+
+# Cambrian-1 (cambrian-mllm/cambrian 539ffc3254bba004e5d012b65c0ad6cb308897c5)
+# eval/eval/mmvp/mmvp_test.py:22-30 (extract_mcq_answer), re-implemented: lowercase and strip; for
+# "answer is", "answer is:", "answer:" in that order, when present keep what follows its last
+# occurrence; strip, drop trailing ".:,", leading "(" and trailing ")"; the remaining text is compared whole.
+_CAMBRIAN_KEYWORDS = ("answer is", "answer is:", "answer:")
+
+
+def cambrian_reading(text: str | None) -> str | None:
+    """What Cambrian-1's MMVP script compares with the gold letter and the gold option's text."""
+    if text is None:
+        return None
+    t = text.lower().strip()
+    for keyword in _CAMBRIAN_KEYWORDS:
+        if keyword in t:
+            t = t.rpartition(keyword)[2]
+    return t.strip().rstrip(".:,").lstrip("(").rstrip(")")
+
+
+def parse_cambrian(text: str | None, options: tuple[str, str]) -> str | None:
+    """The letter Cambrian-1's reading names: the letter itself, else option A's, else B's text
+    (the option texts of mmvp_eval.py:72-75, lowercased as mmvp_test.py:46 does)."""
+    reading = cambrian_reading(text)
+    if reading is None:
+        return None
+    if reading in ("a", "b"):
+        return reading.upper()
+    hits = [letter for letter, option in zip("AB", options) if reading == option.lower()]
+    return hits[0] if hits else None
+
+
+def parse(text: str | None, parser: str, options: tuple[str, str]) -> str | None:
+    """'A'/'B' or None: the letter `parser` reads in the answer."""
+    if check_parser(parser) == "strict":
+        return parse_answer(text, options)
+    if parser == "lmms":
+        return parse_lmms(text)
+    return parse_cambrian(text, options)
+
+
+def is_correct(text: str | None, parsed: str | None, gold: str, options: tuple[str, str], parser: str) -> bool:
+    """strict, lmms (utils.py:166-168): the letter read is the gold letter. cambrian
+    (mmvp_test.py:45-49): the reading is the gold letter or exactly the gold option's text."""
+    if check_parser(parser) != "cambrian":
+        return parsed == gold
+    reading = cambrian_reading(text)
+    return reading is not None and reading in (gold.lower(), options["AB".index(gold)].lower())
+
+
 # ---------------------------------------------------------------- pure scoring
-def make_prediction(q: Question, prompt: str, raw: str | None, missing_image: bool) -> dict:
-    parsed = parse_answer(raw, q.options)
+def make_prediction(
+    q: Question, prompt: str, raw: str | None, missing_image: bool, parser: str = DEFAULT_PARSER
+) -> dict:
+    parsed = parse(raw, parser, q.options)
     return {
         "id": q.index,
         "prompt": prompt,
         "raw_answer": raw,
         "parsed": parsed,
         "gold": q.gold,
-        "correct": parsed == q.gold,
+        "correct": is_correct(raw, parsed, q.gold, q.options, parser),
         "pair": q.pair,
         "question": q.question,
         "options": list(q.options),
@@ -194,8 +305,10 @@ def make_prediction(q: Question, prompt: str, raw: str | None, missing_image: bo
 
 
 def rejudge(prediction: dict, config: dict) -> dict:
-    parsed = parse_answer(prediction["raw_answer"], tuple(prediction["options"]))
-    return {**prediction, "parsed": parsed, "correct": parsed == prediction["gold"]}
+    parser, options = config["parser"], tuple(prediction["options"])
+    parsed = parse(prediction["raw_answer"], parser, options)
+    correct = is_correct(prediction["raw_answer"], parsed, prediction["gold"], options, parser)
+    return {**prediction, "parsed": parsed, "correct": correct}
 
 
 def score(predictions: list[dict], config: dict) -> dict:
@@ -237,6 +350,14 @@ class MMVP(GenerationBenchmark):
             "original: the MMVP script's '{q} (a) .. (b) ..'",
         )
         parser.add_argument(
+            "--parser",
+            choices=PARSERS,
+            default=DEFAULT_PARSER,
+            help="answer parser: strict (ours: a letter, '(a)', 'A.', 'answer is B' or the option text; "
+            "default), lmms (lmms-eval's loose letter search) or cambrian (Cambrian-1's: the letter or "
+            "the option text, whole)",
+        )
+        parser.add_argument(
             "--fix-label-swap",
             action=argparse.BooleanOptionalAction,
             default=True,
@@ -249,6 +370,7 @@ class MMVP(GenerationBenchmark):
         if args.prompt_style not in PROMPT_STYLES:
             style = args.prompt_style
             raise ValueError(f"unknown MMVP prompt style {style!r}; known styles: {PROMPT_STYLES}")
+        check_parser(args.parser)
         return load(args.data, fix_label_swap=args.fix_label_swap)
 
     def predict(self, args, questions: list[Question]) -> list[dict]:
@@ -256,12 +378,12 @@ class MMVP(GenerationBenchmark):
         texts = [build_prompt(q, args.prompt_style) for q in questions]
         prompts, answers = self.answer(args, images, texts, desc="mmvp")
         return [
-            make_prediction(q, p, a, missing_image=im is None)
+            make_prediction(q, p, a, missing_image=im is None, parser=args.parser)
             for q, p, a, im in zip(questions, prompts, answers, images)
         ]
 
     def options(self, args, questions: list[Question]) -> dict:
-        return {"prompt_style": args.prompt_style, "fix_label_swap": args.fix_label_swap, "parser": PARSER}
+        return {"prompt_style": args.prompt_style, "fix_label_swap": args.fix_label_swap, "parser": args.parser}
 
     rejudge = staticmethod(rejudge)
     score = staticmethod(score)
