@@ -16,14 +16,19 @@ checkpoint (convert_llava.py builds on this module; this module never imports it
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
 
 from llava_plugin.chat import DEFAULT_FORMAT, chat_template, get_format
+from llava_plugin.errors import GenfeedbackError, read_json
 from llava_plugin.towers import VisionTower
+
+logger = logging.getLogger("genfeedback")
 
 IMAGE_TOKEN = "<image>"
 METADATA_FILE = "genfeedback.json"
@@ -164,9 +169,9 @@ def build_llava(tower: VisionTower, llm_dir: str | Path, projector: str = "mlp2x
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     llm_dir = Path(llm_dir)
-    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype, **kwargs)
+    tokenizer, llm = load_language_model(llm_dir, lambda: (
+        AutoTokenizer.from_pretrained(llm_dir), AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype, **kwargs)))
     processor = llava_processor(tower, tokenizer, select_feature)
     image_token_id = processor.image_token_id
     grow_embeddings(llm, len(tokenizer))
@@ -176,6 +181,25 @@ def build_llava(tower: VisionTower, llm_dir: str | Path, projector: str = "mlp2x
     model.generation_config = greedy_generation_config(GenerationConfig, tokenizer)
     model.config.text_config._name_or_path = str(llm_dir)
     return model, processor
+
+
+class LanguageModelError(GenfeedbackError, ValueError):
+    """A --llm that is not a loadable causal language model."""
+
+
+def load_language_model(llm_dir: Path, load):
+    """`load()` (tokenizer and causal LM from `llm_dir`), with transformers' errors (a missing path
+    read as a malformed hub id, a config of another kind of model) turned into one line naming --llm."""
+    if (llm_dir.is_absolute() or str(llm_dir).startswith(".")) and not llm_dir.is_dir():
+        raise LanguageModelError(f"language model (--llm / model.llm) {llm_dir} does not exist: pass a local "
+                                 "directory with config.json, tokenizer and weights (e.g. lmsys/vicuna-7b-v1.5)")
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise LanguageModelError(f"cannot load the language model (--llm / model.llm) {llm_dir} as a causal LM "
+                                 f"with its tokenizer ({type(err).__name__}: {detail}); pass a directory or HF id "
+                                 "(in the local cache) of a decoder LLM such as lmsys/vicuna-7b-v1.5") from err
 
 
 def grow_embeddings(llm, vocab_size: int) -> None:
@@ -231,38 +255,102 @@ def projector_state_original(model) -> dict[str, torch.Tensor]:
     return {hf_to_original[key]: tensor.detach().clone().cpu() for key, tensor in state.items()}
 
 
-def write_mm_projector(model, path: str | Path) -> Path:
-    """Write `mm_projector.bin` as LLaVA pretraining does, loadable by `--pretrain_mm_mlp_adapter`."""
+class ProjectorError(GenfeedbackError, ValueError):
+    """A pretrained projector that is missing, malformed, or trained with another tower."""
+
+
+def projector_tower_record(config) -> dict:
+    """What a projector must share with the tower it is loaded onto, from a Llava config: a projector
+    learns one tower's features at one layer, so another family, width, layer or resolution (which
+    changes the position embeddings the features carry) makes it a wrong start, even at equal shapes."""
+    vision = config.vision_config
+    return {"family": vision.model_type.removesuffix("_vision_model"), "hidden_size": vision.hidden_size,
+            "feature_layer": config.vision_feature_layer, "image_size": vision.image_size}
+
+
+def projector_record_path(path: str | Path) -> Path:
+    """The record beside a projector file: mm_projector.bin -> mm_projector.json."""
+    return Path(path).with_suffix(".json")
+
+
+def write_mm_projector(model, path: str | Path, vision_tower: str | None = None) -> Path:
+    """Write `mm_projector.bin` as LLaVA pretraining does, loadable by `--pretrain_mm_mlp_adapter`, and
+    beside it `mm_projector.json`: the tower it was trained with (`projector_tower_record`). Both atomic."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"tower": projector_tower_record(model.config), "vision_tower": vision_tower}
+    record_file = projector_record_path(path)
+    tmp_record = record_file.with_name(f".incomplete-{record_file.name}")
+    tmp_record.write_text(json.dumps(record, indent=2) + "\n")
     tmp = path.with_name(f".incomplete-{path.name}")
     torch.save(projector_state_original(model), tmp)
+    os.replace(tmp_record, record_file)
     os.replace(tmp, path)
+    return path
+
+
+def projector_file(path: str | Path) -> Path:
+    """The projector file itself, given it or a pretraining output directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MM_PROJECTOR_FILE
+    if not path.is_file():
+        raise ProjectorError(f"pretrained projector {path} does not exist: pass the mm_projector.bin written by "
+                             "`python -m mllm_train pretrain` (--pretrained-projector / model.pretrained_projector)")
     return path
 
 
 def read_mm_projector(path: str | Path) -> dict[str, torch.Tensor]:
     """An mm_projector.bin (or a pretraining output directory holding one) as HF projector names
     (linear_1.*, linear_2.*); every key must be one of the four of an mlp2x_gelu projector."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MM_PROJECTOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"projector file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if set(state) != set(MM_PROJECTOR_KEYS):
-        raise ValueError(f"{path}: keys {sorted(state)} are not an mlp2x_gelu mm_projector; expected exactly "
-                         f"{sorted(MM_PROJECTOR_KEYS)}")
+    path = projector_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ProjectorError(f"cannot read pretrained projector {path} ({type(err).__name__}: {err}); it may be "
+                             "truncated: pretrain again or copy it anew") from err
+    if not isinstance(state, dict) or set(state) != set(MM_PROJECTOR_KEYS):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ProjectorError(f"{path}: keys {found} are not an mlp2x_gelu mm_projector; expected exactly "
+                             f"{sorted(MM_PROJECTOR_KEYS)}")
     return {MM_PROJECTOR_KEYS[key]: tensor for key, tensor in state.items()}
 
 
-def load_mm_projector(model, path: str | Path) -> None:
-    """Load a pretrained mm_projector.bin into `model`'s projector (shapes checked)."""
+def check_projector_tower(model, path: str | Path, *, any_tower: bool = False) -> None:
+    """Refuse a projector recorded as trained with another tower than `model`'s (the differing fields
+    listed) unless `any_tower`; a projector without a record (original LLaVA's) is let through with a
+    warning that it cannot be checked."""
+    path = projector_file(path)
+    record_file = projector_record_path(path)
+    if not record_file.is_file():
+        logger.warning("%s has no %s recording the tower it was trained with (an original LLaVA projector, or "
+                       "one written before genfeedback recorded it): its tower cannot be checked", path,
+                       record_file.name)
+        return
+    saved = read_json(record_file, "projector record", "pretrain again, or delete it to skip the check")
+    saved = saved.get("tower", {}) if isinstance(saved, dict) else {}
+    now = projector_tower_record(model.config)
+    differences = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in now.items() if saved.get(key) != value]
+    if not differences:
+        return
+    if not any_tower:
+        raise ProjectorError(f"pretrained projector {path} was trained with another tower ({'; '.join(differences)}; "
+                             f"see {record_file.name}): pretrain a projector with this tower, or set "
+                             "model.projector_any_tower=true to load it anyway")
+    logger.warning("loading %s although it was trained with another tower (%s): model.projector_any_tower=true",
+                   path, "; ".join(differences))
+
+
+def load_mm_projector(model, path: str | Path, *, any_tower: bool = False) -> None:
+    """Load a pretrained mm_projector.bin into `model`'s projector: its tower record checked
+    (`check_projector_tower`), then its shapes."""
+    path = projector_file(path)
+    check_projector_tower(model, path, any_tower=any_tower)
     state = read_mm_projector(path)
     projector = model.model.multi_modal_projector
     own = projector.state_dict()
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[key].shape):
-            raise ValueError(f"{path}: {key} has shape {tuple(tensor.shape)} but this model's projector needs "
-                             f"{tuple(own[key].shape)}: was it pretrained with another tower or LLM?")
+            raise ProjectorError(f"{path}: {key} has shape {tuple(tensor.shape)} but this model's projector needs "
+                                 f"{tuple(own[key].shape)}: was it pretrained with another tower or LLM?")
     projector.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)

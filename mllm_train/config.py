@@ -39,6 +39,8 @@ class ModelConfig:
                                   "dir); vision_tower/llm are then ignored.", None)
     pretrained_projector: str | None = _help("mm_projector.bin from pretraining (`--pretrained-projector`), "
                                              "loaded into the fresh projector (finetune).", None)
+    projector_any_tower: bool = _help("Load pretrained_projector even if its mm_projector.json records another "
+                                      "tower (family, width, feature layer or image size) than this one.", False)
     projector: Literal["mlp2x_gelu"] = _help("Projector type (LLaVA-1.5: mlp2x_gelu).", "mlp2x_gelu")
     select_layer: int = _help("Tower hidden state fed to the projector (LLaVA-1.5: -2).", -2)
     select_feature: Literal["patch", "cls_patch"] = _help("patch: drop CLS (LLaVA-1.5); cls_patch: keep it.",

@@ -36,9 +36,10 @@ def materialize(config, state: dict[str, torch.Tensor]):
 
 def export_llava(engine, processor, out_dir: str | Path, *, lora_scaling: float | None = None,
                  projector_file: str | Path | None = None, metadata: dict | None = None,
-                 dtype: torch.dtype | None = None) -> Path | None:
+                 dtype: torch.dtype | None = None, vision_tower: str | None = None) -> Path | None:
     """Collective: every rank calls it; rank 0 writes `out_dir` (HF Llava) and, with
-    `projector_file`, the projector as original LLaVA's mm_projector.bin. Returns the directory
+    `projector_file`, the projector as original LLaVA's mm_projector.bin (with the record of
+    `vision_tower`, the spec it was trained with). Returns the directory
     on rank 0, None elsewhere. `lora_scaling` (alpha / r) merges LoRA adapters; `dtype` is the
     training precision the weights are saved in (from the fp32 masters: exactly the working copy)."""
     from transformers import GenerationConfig
@@ -56,7 +57,7 @@ def export_llava(engine, processor, out_dir: str | Path, *, lora_scaling: float 
         model.generation_config.use_cache = True
         out = save_llava(model, processor, out_dir, metadata)
         if projector_file is not None:
-            write_mm_projector(model, projector_file)
+            write_mm_projector(model, projector_file, vision_tower)
     distributed.barrier()
     return out
 

@@ -57,7 +57,7 @@ def build_model(cfg: TrainConfig):
         model, processor = build_llava(tower, m.llm, m.projector, m.select_layer, m.select_feature, dtype=dtype,
                                        seed=m.seed, attn_implementation=attn)
     if m.pretrained_projector:
-        load_mm_projector(model, m.pretrained_projector)
+        load_mm_projector(model, m.pretrained_projector, any_tower=m.projector_any_tower)
     set_use_cache(model, False)  # no KV cache in training (it also disables packed masks); export turns it on
     if cfg.precision.gradient_checkpointing:
         enable_activation_checkpointing(model)

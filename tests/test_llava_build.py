@@ -9,6 +9,7 @@ from llava_plugin.convert_llava import load_llava
 from llava_plugin.llava import (
     MM_PROJECTOR_KEYS,
     VICUNA_V1_SYSTEM,
+    ProjectorError,
     build_llava,
     load_mm_projector,
     read_mm_projector,
@@ -135,7 +136,7 @@ def test_save_is_atomic_and_replaces_an_earlier_export(zoo, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llava"]
     assert not (out / "stale.bin").exists() and json.loads((out / "genfeedback.json").read_text())["stage"] == "test"
     write_mm_projector(model, tmp_path / "mm_projector.bin")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["llava", "mm_projector.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llava", "mm_projector.bin", "mm_projector.json"]
 
 
 def test_chat_template_renders_llava_v1_5_prompt(zoo):
@@ -180,3 +181,27 @@ def test_mm_projector_file_round_trip(zoo, tmp_path):
     torch.save(raw, tmp_path / "shape.bin")
     with pytest.raises(ValueError, match="linear_2.bias has shape \\(65,\\)"):
         load_mm_projector(target, tmp_path / "shape.bin")
+
+
+def test_a_projector_is_refused_on_another_tower_of_the_same_width(zoo, tmp_path, caplog):
+    """mm_projector.json records the tower a projector was trained with; a SigLIP tower is refused a
+    CLIP-trained projector although every shape fits, unless overridden; an unrecorded projector (original
+    LLaVA's) loads with a warning that it cannot be checked."""
+    clip, _ = build_llava(load_tower(str(zoo.clip)), zoo.llm, seed=4)
+    path = write_mm_projector(clip, tmp_path / "mm_projector.bin", str(zoo.clip))
+    assert json.loads((tmp_path / "mm_projector.json").read_text()) == {
+        "tower": {"family": "clip", "hidden_size": 32, "feature_layer": -2, "image_size": 32},
+        "vision_tower": str(zoo.clip)}
+    siglip, _ = build_llava(load_tower(str(zoo.siglip)), zoo.llm, seed=5)
+    with pytest.raises(ProjectorError, match=r"trained with another tower \(family 'clip' -> 'siglip'; see mm_projector.json\)"):
+        load_mm_projector(siglip, path)
+    load_mm_projector(siglip, path, any_tower=True)
+    assert torch.equal(siglip.model.multi_modal_projector.linear_1.weight, clip.model.multi_modal_projector.linear_1.weight)
+    other_layer, _ = build_llava(load_tower(str(zoo.clip)), zoo.llm, select_layer=-1)
+    with pytest.raises(ProjectorError, match=r"feature_layer -2 -> -1"):
+        load_mm_projector(other_layer, path)
+
+    (tmp_path / "mm_projector.json").unlink()
+    with caplog.at_level("WARNING", logger="genfeedback"):
+        load_mm_projector(siglip, path)
+    assert "its tower cannot be checked" in caplog.text

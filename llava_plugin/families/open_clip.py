@@ -51,7 +51,7 @@ def _convert(spec: str, location: str):
         if not Path(checkpoint).is_file():
             raise TowerSpecError(spec, f"open_clip checkpoint file not found: {checkpoint}")
         model_cfg, preprocess_cfg, name = _arch(spec, arch)
-        model = wrap_load_errors(spec, checkpoint, lambda: open_clip.create_model(name, pretrained=checkpoint))
+        model = wrap_load_errors(spec, checkpoint, lambda: _create_for_checkpoint(spec, name, checkpoint))
     else:
         path = Path(location)
         if not path.is_dir():
@@ -63,6 +63,22 @@ def _convert(spec: str, location: str):
         model_cfg, preprocess_cfg = meta["model_cfg"], meta.get("preprocess_cfg", {})
         model = wrap_load_errors(spec, location, lambda: open_clip.create_model(f"local-dir:{path}"))
     return open_clip_to_hf(model.eval(), model_cfg, preprocess_cfg)
+
+
+def _create_for_checkpoint(spec: str, arch: str, checkpoint: str):
+    """open_clip's model `arch` with `checkpoint`'s weights. open_clip asserts (resizing position
+    embeddings) or fails a strict load when the two do not fit: that is a wrong ARCH, said as such."""
+    import open_clip
+
+    try:
+        return open_clip.create_model(arch, pretrained=checkpoint)
+    except (AssertionError, RuntimeError) as err:
+        detail = " ".join(str(err).split())[:300]
+        if isinstance(err, RuntimeError) and "state_dict" not in detail:
+            raise  # not a shape/key mismatch: wrap_load_errors reports an unreadable file
+        raise TowerSpecError(spec, f"checkpoint {checkpoint} does not fit open_clip architecture {arch!r} "
+                                   f"({detail or type(err).__name__}): name the architecture it was trained "
+                                   "with") from err
 
 
 def _arch(spec: str, arch: str) -> tuple[dict, dict, str]:
