@@ -25,6 +25,7 @@ import torch
 
 from llava_plugin import distributed
 from llava_plugin.train import deepspeed as ds
+from llava_plugin.train.checkpoint import config_identity, files_fingerprint
 from llava_plugin.train.loop import Trainer
 from llava_plugin.train.plan import EpochOrder, modality_length_steps, shuffled_steps
 from mllm_train.config import ConfigError, TrainConfig
@@ -37,6 +38,12 @@ from mllm_train.packing import PackedCollator, num_positions, num_sequences
 logger = logging.getLogger("mllm_train")
 
 EXPORT_DIR = "llava"
+# config fields a resumed session may change; every other field is part of the run's identity
+# (max_steps, seed and global batch are checked by the shared loop, resolved)
+SESSION_FIELDS = ("output_dir", "checkpointing", "logging", "data.num_workers", "data.skip_bad_samples",
+                  "data.max_skip_fraction", "data.verify", "model.attn_implementation", "precision.tf32",
+                  "precision.gradient_checkpointing", "schedule.max_steps", "schedule.epochs", "seed",
+                  "batch.global_batch_size", "model.projector_any_tower")
 PROJECTOR_FILE = "mm_projector.bin"
 
 
@@ -84,10 +91,14 @@ class LlavaTrainer(Trainer):
                               f"must run the projector together, so set data.group_by_modality_length: true")
         self.order = EpochOrder(lambda epoch: epoch_steps(self.dataset.lengths, self.dataset.has_image, cfg, epoch))
         if distributed.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
             logger.info("data: %s", self.dataset.skip_report())
         return model
+
+    def setup(self):
+        super().setup()
+        if distributed.is_main():  # after the resume check: a refused run leaves the run's config alone
+            (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2, default=str))
+        return self
 
     def param_groups(self, module) -> list[dict]:
         return param_groups(module, self.cfg.optim)
@@ -96,7 +107,14 @@ class LlavaTrainer(Trainer):
         return self.order.steps_per_epoch
 
     def run_identity(self) -> dict:
-        return {"steps_per_epoch": self.steps_per_epoch}
+        """The resolved config (but what a resumed session may change: SESSION_FIELDS) and fingerprints
+        of the files behind the tower, LLM, starting checkpoint, projector and data list."""
+        m = self.cfg.model
+        identity = config_identity(asdict(self.cfg), SESSION_FIELDS)
+        sources = {"model.vision_tower": m.vision_tower, "model.llm": m.llm, "model.init_from": m.init_from,
+                   "model.pretrained_projector": m.pretrained_projector, "data.data_path": self.cfg.data.data_path}
+        identity.update({f"files.{key}": files_fingerprint(spec) for key, spec in sources.items()})
+        return {**identity, "steps_per_epoch": self.steps_per_epoch}
 
     # ------------------------------------------------------------------ training
     def micro_batches(self, start_step: int, end_step: int):
@@ -165,7 +183,8 @@ class LlavaTrainer(Trainer):
                     else None, "pretrained_projector": cfg.model.pretrained_projector}
         with self.tower_outside.restored() if self.tower_outside else contextlib.nullcontext():
             return export_llava(self.engine, self.processor, self.out / EXPORT_DIR, lora_scaling=lora_scaling,
-                                projector_file=projector, metadata=metadata, dtype=self.dtype)
+                                projector_file=projector, metadata=metadata, dtype=self.dtype,
+                                vision_tower=cfg.model.vision_tower)
 
     def fit(self, stop_after: int | None = None) -> Path | None:
         """setup, train, export; returns the export dir (rank 0), or None when `stop_after` steps

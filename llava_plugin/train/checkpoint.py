@@ -13,10 +13,12 @@ kill mid-save never leaves a directory that looks complete; resume takes the new
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -102,9 +104,60 @@ def truncate_metrics(path: str | Path, step: int) -> None:
 
 # ---- checkpoints ---------------------------------------------------------------------------
 def identity_mismatches(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: saved -> now` for every field of a run's identity that differs (JSON-normalised)."""
+    """`key: saved -> now` for every field of a run's identity that differs (JSON-normalised). A field
+    the checkpoint does not record (written before the field was part of the identity) is not checked."""
     now = json.loads(json.dumps(now, default=str))
-    return [f"{key}: {saved.get(key)!r} -> {now[key]!r}" for key in now if saved.get(key) != now[key]]
+    unrecorded = [key for key in now if key not in saved]
+    if saved and unrecorded:
+        logger.warning("the checkpoint predates these run-identity fields, which are not checked: %s",
+                       ", ".join(unrecorded))
+    return [f"{key}: {saved[key]!r} -> {now[key]!r}" for key in now if key in saved and saved[key] != now[key]]
+
+
+def config_identity(config: dict[str, Any], session_fields: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
+    """A resolved config as flat `a.b.c: value` identity fields, without `session_fields` (dotted
+    names or whole sections): those a resumed session may change (workers, logging, output, ...)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in session_fields:
+            continue
+        if isinstance(value, dict):
+            flat.update(config_identity(value, session_fields, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json")
+
+
+def files_fingerprint(spec: str | None) -> str | None:
+    """A cheap fingerprint of the local files behind a model or data spec (a file, a directory, an HF id
+    in the local cache, or `family:LOCATION[@CHECKPOINT]`): each weight/config file's name, size and
+    mtime, so a model re-exported or a data file rewritten in place is noticed without reading
+    gigabytes. None when nothing local stands behind the spec."""
+    if not spec:
+        return None
+    paths = [Path(part).expanduser() for part in re.split(r"[:@]", spec) if part]
+    paths = [path for path in paths if path.exists()]
+    if not paths:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec.rpartition(":")[2], "config.json")
+        if not isinstance(cached, str):
+            return None
+        paths = [Path(cached).parent]
+    digest = hashlib.sha256()
+    for root in paths:
+        files = [root] if root.is_file() else sorted(
+            f for f in root.rglob("*") if f.suffix in FINGERPRINT_SUFFIXES and f.is_file()
+            and not any(part.startswith(".") for part in f.relative_to(root).parts))
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file.relative_to(root) if file != root else file.name}|{stat.st_size}|"
+                          f"{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 class Checkpointer:
