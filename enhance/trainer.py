@@ -36,7 +36,7 @@ from enhance.data import BadImageTracker, MicroBatches, collate_identity, open_s
 from enhance.methods.base import Method, get_method
 from llava_plugin import distributed
 from llava_plugin.train import deepspeed as ds
-from llava_plugin.train.checkpoint import append_metrics, step_dir_name
+from llava_plugin.train.checkpoint import append_metrics, files_fingerprint, step_dir_name
 from llava_plugin.train.loop import HELD_STEPS_KEY, Trainer
 from llava_plugin.train.plan import PlanSampler, StreamOrder
 
@@ -174,7 +174,9 @@ class EnhanceTrainer(Trainer):
         cfg = self.cfg
         return {"method": cfg.method, "vision_tower": cfg.vision_tower, "generator": cfg.generator,
                 "data.source": cfg.data.source, "data.seed": cfg.data.seed, "data.shuffle": cfg.data.shuffle,
-                "optim.name": cfg.optim.name, "feedback": asdict(cfg.feedback)}  # a control is another run
+                "optim.name": cfg.optim.name, "feedback": asdict(cfg.feedback),  # a control is another run
+                "files.vision_tower": files_fingerprint(cfg.vision_tower),  # re-exported in place is another run
+                "files.generator": files_fingerprint(cfg.generator)}
 
     def trainer_state(self) -> dict:
         return {"images_tried": self.images_tried, "images_skipped": self.images_skipped,
