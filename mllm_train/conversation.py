@@ -12,10 +12,21 @@ an error (`BadSample`, naming its id) instead of a silently shifted or masked sa
 The image is one `<image>` tag in the text; it becomes `num_image_tokens` copies of
 `image_token_id`: one IMAGE_TOKEN_INDEX (-200) for the collapsed form original LLaVA uses (and
 `inspect` prints), or the model's image token repeated once per patch token for HF Llava
-training. The text after the tag is tokenized as it is when the tag is a special token, i.e.
-exactly as HF's LlavaProcessor tokenizes the same prompt at inference. (Original LLaVA instead
-tokenizes that piece as a fresh string; with a non-legacy LLaMA tokenizer that adds one "▁"
-token right after the image, e.g. `▁ <image> ▁ \n What` instead of `▁ <image> \n What`.)
+training.
+
+Tokenization (`tokenization`, DataConfig.tokenization and `inspect --tokenization`):
+- `hf` (default): the text after the tag is tokenized as it is when the tag is a special token,
+  i.e. exactly as HF's LlavaProcessor tokenizes the same prompt at inference.
+- `original`: original LLaVA's ids (llava/mm_utils.py `tokenizer_image_token`, llava/train/train.py
+  `preprocess_v1`/`preprocess_plain`, haotian-liu/LLaVA c121f04): the text is cut at the tag and
+  each piece tokenized as a fresh string, so with a non-legacy LLaMA tokenizer (vicuna's) the piece
+  after the image gains a dummy-prefix "▁": `<s> ... <image> ▁ \n What` instead of
+  `<s> ... <image> \n What`; and a conversation opening with a gpt turn loses that turn
+  (train.py's preprocess_v1 skips it). For fine-tuning an imported original checkpoint, or a
+  byte-faithful reproduction. Labels still come from the supervised spans: the original's length
+  arithmetic (cur_len/round_len) gives the same labels where it is consistent, and where it is not
+  (multi-round samples with a non-legacy tokenizer) it masks the whole sample with a printed
+  warning; we keep the sample's supervision.
 """
 from __future__ import annotations
 
@@ -27,6 +38,7 @@ from llava_plugin.errors import GenfeedbackError
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200  # original LLaVA's id for the single collapsed image position
 HUMAN, GPT = "human", "gpt"
+TOKENIZATIONS = ("hf", "original")  # see the module docstring
 
 
 class BadSample(GenfeedbackError, ValueError):
@@ -94,6 +106,18 @@ def get_template(name: str) -> ChatTemplate:
     return get_format(name, ChatTemplate)
 
 
+def conversation_turns(turns, tokenization: str = "hf") -> list[Turn]:
+    """The turns that are rendered: under `original`, without a leading gpt turn, which original
+    LLaVA's conversation preprocessing skips (llava/train/train.py, preprocess_v1: "Skip the first
+    one if it is not from human"); under `hf`, all of them (a leading gpt turn is then a BadSample)."""
+    if tokenization not in TOKENIZATIONS:
+        raise ValueError(f"unknown tokenization {tokenization!r}; known: {', '.join(TOKENIZATIONS)}")
+    turns = list(turns)
+    if tokenization == "original" and turns and turns[0].role == GPT:
+        return turns[1:]
+    return turns
+
+
 def check_turns(turns: list[Turn], sample_id, template: ChatTemplate, allow_open_end: bool = False) -> None:
     """Raise BadSample unless the turns alternate human/gpt from a human turn, fit the template,
     and carry at most one image tag, in a human turn."""
@@ -142,11 +166,13 @@ class TokenizedSample:
 
 def tokenize_conversation(turns: list[Turn], template: ChatTemplate, tokenizer, *, sample_id=None,
                           image_token_id: int = IMAGE_TOKEN_INDEX, num_image_tokens: int = 1,
-                          max_length: int | None = None) -> TokenizedSample:
+                          max_length: int | None = None, tokenization: str = "hf") -> TokenizedSample:
     """input_ids and labels of one conversation.
 
     The image tag becomes `num_image_tokens` x `image_token_id` (labels IGNORE_INDEX there);
-    the tokenizer's own special prefix (LLaMA: BOS) opens the sequence, unsupervised. With
+    the tokenizer's own special prefix (LLaMA: BOS) opens the sequence, unsupervised.
+    `tokenization` (hf | original, module docstring) says how the text after the tag is
+    tokenized and whether a leading gpt turn is dropped. With
     `max_length`, the sequence (image tokens included) is cut to that length; a cut through
     the image tokens, or one that leaves nothing supervised, is a BadSample.
     """
@@ -155,7 +181,7 @@ def tokenize_conversation(turns: list[Turn], template: ChatTemplate, tokenizer, 
                         "transformers.AutoTokenizer.from_pretrained(dir)")
     if num_image_tokens < 1:
         raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
-    rendered = template.render(turns, sample_id)
+    rendered = template.render(conversation_turns(turns, tokenization), sample_id)
     pieces = rendered.text.split(IMAGE_PLACEHOLDER)
     input_ids = list(special_prefix(tokenizer))
     supervised = [False] * len(input_ids)
@@ -165,7 +191,7 @@ def tokenize_conversation(turns: list[Turn], template: ChatTemplate, tokenizer, 
             input_ids += [image_token_id] * num_image_tokens
             supervised += [False] * num_image_tokens
             offset += len(IMAGE_PLACEHOLDER)
-        ids, offsets = _encode(tokenizer, piece, after_special=i > 0)
+        ids, offsets = _encode(tokenizer, piece, after_special=i > 0 and tokenization == "hf")
         input_ids += ids
         supervised += [_is_supervised(offset + start, offset + end, rendered, sample_id) for start, end in offsets]
         offset += len(piece)

@@ -37,10 +37,12 @@ from mllm_train.conversation import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
     IMAGE_TOKEN_INDEX,
+    TOKENIZATIONS,
     BadSample,
     ChatTemplate,
     Turn,
     check_turns,
+    conversation_turns,
     tokenize_conversation,
 )
 
@@ -58,6 +60,11 @@ class DataConfig:
         "help": "pad: pad to square with the processor's mean colour, then preprocess (LLaVA-1.5); "
                 "resize: stretch to the processor's output size; crop: the processor as is "
                 "(CLIP: resize shortest side + center crop)"})
+    tokenization: str = field(default="hf", metadata={
+        "help": "hf: the text after <image> tokenized as HF's LlavaProcessor does at inference (default); "
+                "original: original LLaVA's ids (the text after <image> as a fresh string, which adds a '▁' "
+                "after the image with vicuna's tokenizer; a leading gpt turn dropped), for fine-tuning an "
+                "imported original checkpoint or a byte-faithful reproduction (mllm_train.conversation)"})
     max_length: int = field(default=2048, metadata={
         "help": "truncate input_ids (image tokens included) to this many tokens (LLaVA's model_max_length)"})
     skip_bad_samples: bool = field(default=False, metadata={
@@ -91,6 +98,8 @@ class DataConfig:
             raise ConfigError(f"data.max_skip_fraction={self.max_skip_fraction}: must be in [0, 1]")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers}: must be >= 0")
+        if self.tokenization not in TOKENIZATIONS:
+            raise ConfigError(f"data.tokenization={self.tokenization!r}: must be one of {', '.join(TOKENIZATIONS)}")
         if self.length_group_megabatches < 1:
             raise ConfigError(f"data.length_group_megabatches={self.length_group_megabatches}: must be >= 1")
         if isinstance(self.verify, bool):  # the switch was a bool: true meant the full check
@@ -229,7 +238,7 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def _checked(self, record: dict, index: int) -> Sample:
         sample = parse_record(record, index)
-        check_turns(list(sample.turns), sample.id, self.template)
+        check_turns(conversation_turns(sample.turns, self.config.tokenization), sample.id, self.template)
         if sample.image is not None:
             if self.image_folder is None or self.image_processor is None:
                 raise BadSample(sample.id, "has an image but the dataset got no image_folder/image_processor")
@@ -251,7 +260,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         return tokenize_conversation(
             list(sample.turns), self.template, self.tokenizer, sample_id=sample.id,
             image_token_id=self.image_token_id,
-            num_image_tokens=self.num_image_tokens, max_length=self.config.max_length)
+            num_image_tokens=self.num_image_tokens, max_length=self.config.max_length,
+            tokenization=self.config.tokenization)
 
     def skip_report(self) -> dict:
         """How many records were read, kept and dropped, with the first reasons (for logs)."""

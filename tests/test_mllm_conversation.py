@@ -1,5 +1,8 @@
 """Snapshot tests of the chat templates' token layout and label masks, on the zoo's tiny vicuna
 tokenizer (seed 0). `IMG` marks the image position."""
+import json
+from pathlib import Path
+
 import pytest
 
 from mllm_train.conversation import (
@@ -14,6 +17,7 @@ from mllm_train.conversation import (
     load_templates,
     tokenize_conversation,
 )
+from mllm_train.data import parse_record
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
           "helpful, detailed, and polite answers to the user's questions. ")
@@ -174,3 +178,103 @@ def test_template_registry():
     with pytest.raises(ValueError, match="<image> belongs in 'image', not 'system'"):
         ChatTemplate(name="x", description="", system="<image>", human="{image}{text}", image="<image>",
                      assistant_prompt="", assistant="{text}", max_rounds=None, requires_image=False)
+
+
+# ---------------------------------------------------------------- tokenization: original
+GOLDEN = Path(__file__).resolve().parent / "golden" / "original_tokenization.json"
+
+
+@pytest.fixture(scope="module")
+def golden(zoo):
+    """Original LLaVA's ids for hand-written conversations (tests/golden/make_original_tokenization.py),
+    made with the zoo's tokenizer (seed 0): refused if this zoo's tokenizer is another one."""
+    from golden.make_original_tokenization import vocab_fingerprint
+
+    data = json.loads(GOLDEN.read_text())
+    assert vocab_fingerprint(Path(zoo.llm) / "tokenizer.model") == data["vocab_fingerprint"], (
+        "the zoo's tokenizer vocabulary changed since the golden ids were made: run "
+        "tests/golden/make_original_tokenization.py --llava /path/to/LLaVA")
+    return data["cases"]
+
+
+def _golden_sample(case, tokenizer, tokenization):
+    sample = parse_record(case["record"], 0)
+    return tokenize_conversation(list(sample.turns), get_template(case["template"]), tokenizer,
+                                 sample_id=sample.id, tokenization=tokenization)
+
+
+def test_original_tokenization_reproduces_original_llava_ids(golden, tokenizer):
+    # every hand-written case: the same ids as original LLaVA's preprocess, image at -200
+    for case in golden:
+        ours = _golden_sample(case, tokenizer, "original")
+        assert ours.input_ids == case["input_ids"], case["id"]
+    # the hf default differs only in the text after the image, which it reads without the dummy-prefix
+    # space a fresh string gets ("a red star": "a" not "▁a"; "\nWhat": "\n" not "▁", "\n")
+    for case in golden:
+        if "image" not in case["record"] or case["id"] == "v1-leading-gpt":
+            continue
+        hf = _golden_sample(case, tokenizer, "hf").input_ids
+        at = case["input_ids"].index(IMAGE_TOKEN_INDEX) + 1
+        assert hf[:at] == case["input_ids"][:at] and hf != case["input_ids"], case["id"]
+        first_original, first_hf = tokenizer.convert_ids_to_tokens([case["input_ids"][at], hf[at]])
+        assert first_original.startswith("▁") and not first_hf.startswith("▁"), case["id"]
+    text_only = [case for case in golden if "image" not in case["record"]]
+    assert text_only and all(_golden_sample(c, tokenizer, "hf").input_ids == c["input_ids"] for c in text_only)
+
+
+def test_original_tokenization_labels(golden, tokenizer):
+    """Where original LLaVA's length arithmetic is consistent, its labels are ours; where it is not
+    (a later round with this non-legacy tokenizer) it printed a mismatch and masked the whole sample,
+    while we keep the answers supervised."""
+    consistent = masked = 0
+    for case in golden:
+        ours = _golden_sample(case, tokenizer, "original")
+        if "tokenization mismatch" in case["printed"]:
+            assert set(case["labels"]) == {IGNORE_INDEX}, case["id"]
+            answers = [turn["value"] for turn in case["record"]["conversations"][1:] if turn["from"] == GPT]
+            assert [tokenizer.decode(run) for run in ours.supervised_runs()] == [f"{a}</s>" for a in answers]
+            masked += 1
+        else:
+            assert ours.labels == case["labels"], case["id"]
+            consistent += 1
+    assert consistent >= 8 and masked >= 1  # the file covers both outcomes
+
+
+def test_original_tokenization_drops_a_leading_gpt_turn(tokenizer):
+    turns = [Turn(GPT, "Hello!"), *conversation("<image>\nHow many stars?", "Two.")]
+    template = get_template("vicuna_v1")
+    with pytest.raises(BadSample, match="turn 0 is from 'gpt'"):
+        tokenize_conversation(turns, template, tokenizer, sample_id="lead")
+    dropped = tokenize_conversation(turns, template, tokenizer, sample_id="lead", tokenization="original")
+    assert dropped.input_ids == tokenize_conversation(turns[1:], template, tokenizer, sample_id="lead",
+                                                      tokenization="original").input_ids
+    with pytest.raises(ValueError, match="unknown tokenization 'legacy'; known: hf, original"):
+        tokenize_conversation(turns, template, tokenizer, tokenization="legacy")
+
+
+def test_inspect_and_dataset_take_original_tokenization(golden, zoo, tokenizer, tmp_path, capsys):
+    from llava_plugin.config import ConfigError
+    from mllm_train.__main__ import main
+    from mllm_train.data import DataConfig, LlavaDataset
+
+    vicuna = [case for case in golden if case["template"] == "vicuna_v1"]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([case["record"] for case in vicuna]))
+    assert main(["inspect", "--data", str(data), "--tokenizer", str(zoo.llm), "--template", "vicuna_v1",
+                 "--tokenization", "original"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["input_ids"] for line in lines] == [case["input_ids"] for case in vicuna]
+    # the training dataset, on the text-only cases and one opening with a gpt turn: dropped, not a bad sample
+    text_only = [case for case in vicuna if "image" not in case["record"]]
+    leading = {"id": "lead", "conversations": [{"from": "gpt", "value": "Hi."}, {"from": "human", "value": "Hello?"},
+                                               {"from": "gpt", "value": "Hello."}]}
+    data.write_text(json.dumps([case["record"] for case in text_only] + [leading]))
+    dataset = LlavaDataset(DataConfig(data_path=str(data), tokenization="original", num_workers=0), tokenizer,
+                           get_template("vicuna_v1"))
+    expected = [c["input_ids"] for c in text_only] + [tokenize_conversation(
+        conversation("Hello?", "Hello."), get_template("vicuna_v1"), tokenizer, tokenization="original").input_ids]
+    assert [dataset[i]["input_ids"].tolist() for i in range(len(dataset))] == expected
+    with pytest.raises(BadSample, match="turn 0 is from 'gpt'"):
+        LlavaDataset(DataConfig(data_path=str(data), num_workers=0), tokenizer, get_template("vicuna_v1"))
+    with pytest.raises(ConfigError, match="data.tokenization='fresh': must be one of hf, original"):
+        DataConfig(data_path=str(data), tokenization="fresh").validate()
