@@ -35,6 +35,7 @@ from enhance.config import ConfigError, EnhanceConfig
 from enhance.data import BadImageTracker, MicroBatches, collate_identity, open_source
 from enhance.methods.base import Method, get_method
 from llava_plugin import distributed
+from llava_plugin.errors import naming_disk_full, tensor_bytes
 from llava_plugin.train import deepspeed as ds
 from llava_plugin.train.checkpoint import append_metrics, files_fingerprint, step_dir_name
 from llava_plugin.train.loop import HELD_STEPS_KEY, Trainer
@@ -301,11 +302,13 @@ class EnhanceTrainer(Trainer):
         with ds.full_weights(self.engine, self.fp32_untrained) as method:
             if distributed.is_main():
                 shutil.rmtree(tmp, ignore_errors=True)
-                method.export_tower().save_pretrained(tmp, metadata)
-                shutil.rmtree(export, ignore_errors=True)
-                tmp.rename(export)
-                if extras:
-                    method.save_extras(self.out)  # e.g. GenHancer stage 1's denoiser, stage 2's --generator
+                tower = method.export_tower()
+                with naming_disk_full(export.parent, lambda: tensor_bytes(tower.state_dict()), cleanup=[tmp]):
+                    tower.save_pretrained(tmp, metadata)
+                    shutil.rmtree(export, ignore_errors=True)
+                    tmp.rename(export)
+                    if extras:
+                        method.save_extras(self.out)  # e.g. GenHancer stage 1's denoiser, stage 2's --generator
         distributed.barrier()
         if distributed.is_main():
             logger.info("exported the tower at step %d to %s", self.step, export)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from llava_plugin.chat import DEFAULT_FORMAT, chat_template, get_format
-from llava_plugin.errors import GenfeedbackError, read_json
+from llava_plugin.errors import GenfeedbackError, naming_disk_full, read_json, tensor_bytes
 from llava_plugin.towers import VisionTower
 
 logger = logging.getLogger("genfeedback")
@@ -227,18 +227,19 @@ def save_llava(model, processor, out_dir: str | Path, metadata: dict | None = No
     """Write the HF Llava directory (weights, config, generation config, processor with the chat
     template) and genfeedback.json (how it was built: tower, LLM, stage, ...). Atomic: written
     under `.incomplete-<name>` beside it and renamed when complete, so a kill mid-write never
-    leaves a directory that loads."""
+    leaves a directory that loads; a full disk is named and the partial directory removed."""
     out = Path(out_dir)
     tmp = out.parent / f".incomplete-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    meta = {"format": "hf_llava", "image_token": IMAGE_TOKEN,
-            "vision_feature_layer": model.config.vision_feature_layer,
-            "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
-            **(metadata or {})}
-    (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    with naming_disk_full(out.parent, lambda: tensor_bytes(model.state_dict()), cleanup=[tmp]):
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        meta = {"format": "hf_llava", "image_token": IMAGE_TOKEN,
+                "vision_feature_layer": model.config.vision_feature_layer,
+                "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
+                **(metadata or {})}
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
@@ -281,9 +282,11 @@ def write_mm_projector(model, path: str | Path, vision_tower: str | None = None)
     record = {"tower": projector_tower_record(model.config), "vision_tower": vision_tower}
     record_file = projector_record_path(path)
     tmp_record = record_file.with_name(f".incomplete-{record_file.name}")
-    tmp_record.write_text(json.dumps(record, indent=2) + "\n")
     tmp = path.with_name(f".incomplete-{path.name}")
-    torch.save(projector_state_original(model), tmp)
+    state = projector_state_original(model)
+    with naming_disk_full(path.parent, tensor_bytes(state), cleanup=[tmp_record, tmp]):
+        tmp_record.write_text(json.dumps(record, indent=2) + "\n")
+        torch.save(state, tmp)
     os.replace(tmp_record, record_file)
     os.replace(tmp, path)
     return path

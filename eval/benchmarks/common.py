@@ -15,12 +15,13 @@ the raw answers, rescores, and must reproduce metrics.json exactly.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from llava_plugin.errors import BadFileError, GenfeedbackError, read_json, read_jsonl
+from llava_plugin.errors import BadFileError, GenfeedbackError, naming_disk_full, read_json, read_jsonl
 from llava_plugin.images import ImageDecodeError, decode_rgb
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -107,11 +108,18 @@ def problem_lists(predictions: list[dict]) -> dict:
 
 
 def write_results(out_dir: Path | str, predictions: list[dict], metrics: dict) -> Path:
+    """predictions.jsonl, then metrics.json, each written whole or not at all (temp file, then rename),
+    so a kill or a full disk never leaves metrics beside predictions they were not computed from."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / PREDICTIONS_FILE, "w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in predictions)
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    texts = {PREDICTIONS_FILE: "".join(json.dumps(p) + "\n" for p in predictions),
+             METRICS_FILE: json.dumps(metrics, indent=2) + "\n"}
+    (out / METRICS_FILE).unlink(missing_ok=True)  # stale metrics never sit beside new predictions
+    for name, text in texts.items():
+        tmp = out / f".incomplete-{name}"
+        with naming_disk_full(out, len(text.encode()), cleanup=[tmp]):
+            tmp.write_text(text)
+        os.replace(tmp, out / name)
     return out
 
 

@@ -29,7 +29,7 @@ import torch
 
 from llava_plugin import distributed
 from llava_plugin.config import ConfigError
-from llava_plugin.errors import read_jsonl
+from llava_plugin.errors import naming_disk_full, read_jsonl, tensor_bytes
 
 logger = logging.getLogger("genfeedback")
 
@@ -85,10 +85,11 @@ def append_metrics(path: str | Path, row: dict) -> None:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
             needs_newline = f.read(1) != b"\n"
-    with open(path, "a") as f:
+    line = json.dumps(row) + "\n"
+    with naming_disk_full(path.parent, len(line)), open(path, "a") as f:  # a torn line is dropped on reading
         if needs_newline:
             f.write("\n")
-        f.write(json.dumps(row) + "\n")
+        f.write(line)
 
 
 def truncate_metrics(path: str | Path, step: int) -> None:
@@ -187,19 +188,33 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         distributed.barrier()
-        engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, client_state={"step": step}, save_latest=False,
-                               exclude_frozen_parameters=self.exclude_frozen)
-        torch.save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
-        distributed.barrier()
-        if distributed.is_main():
-            full = {"step": step, "world_size": distributed.world_size(), **state}
-            (tmp / STATE_FILE).write_text(json.dumps(full, indent=2, default=str))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in self.complete()[: -self.keep_last]:
-                shutil.rmtree(old)
+        # a full disk is named, and the partial checkpoint removed (the previous ones stay)
+        with naming_disk_full(self.root, lambda: self.estimated_bytes(engine), cleanup=[tmp]):
+            engine.save_checkpoint(str(tmp), tag=ENGINE_TAG, client_state={"step": step}, save_latest=False,
+                                   exclude_frozen_parameters=self.exclude_frozen)
+            torch.save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
+            distributed.barrier()
+            if distributed.is_main():
+                full = {"step": step, "world_size": distributed.world_size(), **state}
+                (tmp / STATE_FILE).write_text(json.dumps(full, indent=2, default=str))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+                for old in self.complete()[: -self.keep_last]:
+                    shutil.rmtree(old)
         distributed.barrier()
         return final
+
+    def estimated_bytes(self, engine) -> int:
+        """About what one checkpoint takes on disk: the module's weights (the trained ones only when
+        frozen ones are excluded), the optimizer's state, and fp32 master copies of low-precision weights."""
+        params = [p for p in engine.module.parameters() if p.requires_grad or not self.exclude_frozen]
+        numel = {id(p): getattr(p, "ds_numel", p.numel()) for p in params}  # ZeRO-3: the full size
+        optimizer = getattr(engine, "optimizer", None)
+        inner = getattr(optimizer, "optimizer", optimizer)
+        state = [t for s in getattr(inner, "state", {}).values() for t in s.values() if torch.is_tensor(t)]
+        weights = sum(numel[id(p)] * p.element_size() for p in params)
+        masters = sum(4 * numel[id(p)] for p in params if p.requires_grad and p.element_size() < 4)
+        return weights + tensor_bytes(state) + masters
 
     def load(self, engine, path: Path, identity: dict[str, Any], *, force: bool = False,
              on_mismatch: Callable[[str], str] | None = None) -> dict[str, Any]:

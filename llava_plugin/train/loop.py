@@ -247,28 +247,30 @@ class Trainer:
         sums: dict[str, float] = {}
         micro = 0
         start = time.perf_counter()
-        for item in self.micro_batches(self.step, end):
-            if micro == 0:
-                lrs = self.current_lrs()  # the lrs this step trains with
-            for key, value in self.forward_backward_step(item).items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            micro += 1
-            if micro < self.plan.accumulation:
-                continue
-            self.step += 1
-            row = self._row(sums, micro, time.perf_counter() - start, lrs)
-            rows.append(row)
-            self.history.append(row)
-            bar.update(1)
-            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss",) if k in row})
-            if distributed.is_main() and (self.step % cfg.logging.every_steps == 0 or self.step == end):
-                append_metrics(self.metrics_file, row)
-            if every and self.step % every == 0 and self.step < self.max_steps:
-                self.save_checkpoint()
-            self.step_hook()
-            sums, micro = {}, 0
-            start = time.perf_counter()
-        bar.close()
+        try:
+            for item in self.micro_batches(self.step, end):
+                if micro == 0:
+                    lrs = self.current_lrs()  # the lrs this step trains with
+                for key, value in self.forward_backward_step(item).items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                micro += 1
+                if micro < self.plan.accumulation:
+                    continue
+                self.step += 1
+                row = self._row(sums, micro, time.perf_counter() - start, lrs)
+                rows.append(row)
+                self.history.append(row)
+                bar.update(1)
+                bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss",) if k in row})
+                if distributed.is_main() and (self.step % cfg.logging.every_steps == 0 or self.step == end):
+                    append_metrics(self.metrics_file, row)
+                if every and self.step % every == 0 and self.step < self.max_steps:
+                    self.save_checkpoint()
+                self.step_hook()
+                sums, micro = {}, 0
+                start = time.perf_counter()
+        finally:  # a failure (a bad sample, a full disk) is reported on a line of its own
+            bar.close()
         if checkpoint_on_stop and self.step < self.max_steps and not self.checkpointer.path(self.step).is_dir():
             self.save_checkpoint()
         return rows
