@@ -160,8 +160,46 @@ def test_context_adds_tokens_to_the_prompt_embedding(zoo, method):
     context = mean_mode.context(tokens, ids[:, :4])
     assert context.shape == (2, 5, 32)
     torch.testing.assert_close(context[:, 0], tokens[:, 0] + mean_mode.prompt_embeds.mean(1))
-    with pytest.raises(ConfigError, match="num_patch_tokens=76 or combine='add_to_prompt_mean'"):
+    with pytest.raises(ConfigError, match="num_patch_tokens=76 with patch_tokens='random', or combine="):
         make(zoo, num_patch_tokens=4)
+
+
+def test_upstreams_other_patch_choices_all_and_window_mean(zoo):
+    """MetaCLIP/DFN-224 (every patch in order) and SigLIP (means over windows, remainder dropped): the
+    same condition for every draw, so no random token choice."""
+    tokens = torch.randn(2, 17, 32)  # the global token + the zoo CLIP's 16 patches
+    every = make(zoo, patch_tokens="all", num_patch_tokens=0, combine="add_to_prompt_mean")
+    prompt_mean = every.prompt_embeds.mean(1, keepdim=True)
+    torch.testing.assert_close(every.context(tokens), tokens + prompt_mean)
+    windows = make(zoo, patch_tokens="window_mean", patch_window=6, num_patch_tokens=0, combine="add_to_prompt_mean")
+    expected = torch.cat([tokens[:, :1], tokens[:, 1:7].mean(1, keepdim=True), tokens[:, 7:13].mean(1, keepdim=True)],
+                         dim=1)  # 16 // 6 = 2 windows; patches 13-16 dropped, as avg_pool1d drops them
+    torch.testing.assert_close(windows.context(tokens), expected + prompt_mean)
+    batch = windows.preprocess(scenes(2))
+    batch |= windows.encode_targets(batch)
+    condition = windows.encode_condition(batch)
+    with torch.no_grad():  # the token choice draws nothing from the rng: same t and noise, same loss
+        first = windows.denoising_loss(batch, condition, torch.Generator().manual_seed(3))
+        again = windows.denoising_loss(batch, condition, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(first, again)
+    with pytest.raises(ConfigError, match="num_patch_tokens=42 counts random draws"):
+        from_dict(DivaConfig, {"patch_tokens": "window_mean", "num_patch_tokens": 42})
+    with pytest.raises(ConfigError, match="patch_window=20: wider than the tower's 16 patches"):
+        make(zoo, patch_tokens="window_mean", patch_window=20, num_patch_tokens=0, combine="add_to_prompt_mean")
+    with pytest.raises(ConfigError, match="the global token \\+ 16 patch tokens\\) must have the prompt"):
+        make(zoo, patch_tokens="all", num_patch_tokens=0)
+
+
+@pytest.mark.parametrize("preset, mode, window", [
+    ("diva-metaclip-l14-224", "all", None), ("diva-metaclip-h14-224", "all", None),
+    ("diva-dfn-h14-224", "all", None), ("diva-siglip-so14-224", "window_mean", 6),
+    ("diva-siglip-so14-384", "window_mean", 10), ("diva-openai-l14-224", "random", None),
+    ("diva-dfn-h14-378", "random", None)])
+def test_paper_presets_choose_patches_as_upstream(preset, mode, window):
+    from enhance.config import load_config
+
+    cfg = load_config(preset=preset).method_config()
+    assert cfg.patch_tokens == mode and (window is None or cfg.patch_window == window)
 
 
 def test_prompt_embedding_is_the_pipelines(zoo, method):

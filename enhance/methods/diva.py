@@ -6,6 +6,12 @@ patch tokens chosen at random (with replacement, per image), each through the to
 post-LayerNorm and visual projection, then a trainable Linear to the UNet's
 cross-attention width, added position-wise to the text embedding of the fixed prompt
 "a photo of a ." (upstream's empty class name in its "a photo of a {}." template).
+Upstream's other backbones choose the patch tokens otherwise (`patch_tokens`): MetaCLIP and
+DFN-224 take every patch in order (condition/{MetaCLIP,DFN}_for_openclip_transformer.py:550-560),
+SigLIP averages the post-LN patch tokens over consecutive windows of 6 (224 px) or 10 (384 px),
+dropping the remainder (condition/SigLIP_for_timm_models_visiontransformer.py:680-720,
+`F.avg_pool1d`); those conditions are the same for every draw. Averaging commutes with the
+affine projections, so the windows are taken after them.
 Upstream draws a fresh token choice, timestep and noise for each of its 2 passes per
 batch; here those are the `num_noise_draws` of one step, from the step's rng, and their
 losses are combined by `draw_weighting`. Upstream (models/SD_with_OpenAICLIP.py, the loop over
@@ -48,6 +54,7 @@ from llava_plugin.config import documented as _help
 from llava_plugin.towers import VisionTower
 
 COMBINE_MODES = ("add_per_position", "add_to_prompt_mean")
+PATCH_TOKEN_MODES = ("random", "all", "window_mean")
 
 
 @dataclass
@@ -61,9 +68,16 @@ class DivaConfig:
     upstream_accumulation: int = _help(
         "A of draw_weighting=upstream: the gradient accumulation steps upstream's HF Trainer divides the "
         "last draw by (DIVA_for_*.sh: 5).", 5)
+    patch_tokens: Literal["random", "all", "window_mean"] = _help(
+        "Which patch tokens join the global token: random (num_patch_tokens drawn with replacement, anew for "
+        "each draw: DIVA for OpenAI CLIP and DFN-378), all (every patch in order: MetaCLIP, DFN-224) or "
+        "window_mean (means over consecutive windows of patch_window patches, the remainder dropped: SigLIP).",
+        "random")
     num_patch_tokens: int = _help(
-        "K patch tokens drawn at random (with replacement) next to the CLS token (DIVA: 76, so that CLS + 76 "
-        "= the prompt's 77 text tokens).", 76)
+        "With patch_tokens=random: K patch tokens drawn at random (with replacement) next to the CLS token "
+        "(DIVA: 76, so that CLS + 76 = the prompt's 77 text tokens); 0 otherwise.", 76)
+    patch_window: int = _help("With patch_tokens=window_mean: patches per window (DIVA SigLIP: 6 at 224 px, "
+                              "10 at 384 px).", 10)
     combine: Literal["add_per_position", "add_to_prompt_mean"] = _help(
         "add_per_position: condition token i is added to prompt-embedding token i (DIVA for CLIP; needs "
         "1 + num_patch_tokens = prompt length). add_to_prompt_mean: the prompt embedding's mean over tokens "
@@ -87,6 +101,14 @@ class DivaConfig:
             raise ConfigError(f"method.upstream_accumulation={self.upstream_accumulation}: must be >= 1 (DIVA: 5)")
         if self.num_patch_tokens < 0:
             raise ConfigError(f"method.num_patch_tokens={self.num_patch_tokens}: must be >= 0 (DIVA uses 76)")
+        if self.patch_tokens not in PATCH_TOKEN_MODES:
+            raise ConfigError(f"method.patch_tokens={self.patch_tokens!r}: must be one of "
+                              f"{', '.join(PATCH_TOKEN_MODES)}")
+        if self.patch_tokens != "random" and self.num_patch_tokens:
+            raise ConfigError(f"method.num_patch_tokens={self.num_patch_tokens} counts random draws; with "
+                              f"patch_tokens={self.patch_tokens!r} the patches decide the count: set it to 0")
+        if self.patch_window < 1:
+            raise ConfigError(f"method.patch_window={self.patch_window}: must be >= 1 (DIVA SigLIP: 6 or 10)")
         if self.generator_resolution < 0:
             raise ConfigError(
                 f"method.generator_resolution={self.generator_resolution}: must be >= 0 "
@@ -118,12 +140,16 @@ class Diva(LatentDiffusionFeedback):
                 f"tower {tower.spec!r}: its vision model has no post_layernorm, which DIVA applies "
                 "to every condition token"
             )
-        prompt_len = self.prompt_embeds.shape[1]
-        if cfg.combine == "add_per_position" and 1 + cfg.num_patch_tokens != prompt_len:
+        prompt_len, chosen = self.prompt_embeds.shape[1], self.num_condition_patches(tower.sizes.num_patches)
+        if chosen < 1 and cfg.patch_tokens == "window_mean":
+            raise ConfigError(f"method.patch_window={cfg.patch_window}: wider than the tower's "
+                              f"{tower.sizes.num_patches} patches")
+        if cfg.combine == "add_per_position" and 1 + chosen != prompt_len:
             raise ConfigError(
-                f"method.num_patch_tokens={cfg.num_patch_tokens}: with combine='add_per_position' the "
-                f"condition (CLS + {cfg.num_patch_tokens} patch tokens) must have the prompt embedding's "
-                f"{prompt_len} tokens; set num_patch_tokens={prompt_len - 1} or combine='add_to_prompt_mean'"
+                f"method.num_patch_tokens={cfg.num_patch_tokens}, patch_tokens={cfg.patch_tokens!r}: with "
+                f"combine='add_per_position' the condition (the global token + {chosen} patch tokens) must have "
+                f"the prompt embedding's {prompt_len} tokens; set num_patch_tokens={prompt_len - 1} with "
+                "patch_tokens='random', or combine='add_to_prompt_mean'"
             )
         self.projector = nn.Linear(tower.sizes.embed_dim, self.generator.cross_attention_dim)
 
@@ -139,12 +165,22 @@ class Diva(LatentDiffusionFeedback):
             tokens = self.tower.model.visual_projection(tokens)
         return {"tokens": self.projector(tokens)}
 
-    def context(self, tokens: torch.Tensor, patch_ids: torch.Tensor) -> torch.Tensor:
-        """The UNet's encoder_hidden_states: CLS + the chosen patch tokens combined with the prompt.
-        `patch_ids` [B, K] index the patch tokens (tokens[:, 1:])."""
+    def num_condition_patches(self, num_patches: int) -> int:
+        """How many patch tokens join the global token in the condition."""
+        return {"random": self.cfg.num_patch_tokens, "all": num_patches,
+                "window_mean": num_patches // self.cfg.patch_window}[self.cfg.patch_tokens]
+
+    def context(self, tokens: torch.Tensor, patch_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's encoder_hidden_states: the global token + the patch tokens `patch_tokens` chooses,
+        combined with the prompt. With patch_tokens=random, `patch_ids` [B, K] index the patch tokens
+        (tokens[:, 1:])."""
         patches = tokens[:, 1:]
-        chosen = torch.gather(patches, 1, patch_ids[..., None].expand(-1, -1, patches.shape[-1]))
-        cond = torch.cat([tokens[:, :1], chosen], dim=1)
+        if self.cfg.patch_tokens == "random":
+            patches = torch.gather(patches, 1, patch_ids[..., None].expand(-1, -1, patches.shape[-1]))
+        elif self.cfg.patch_tokens == "window_mean":
+            window, (batch, n, width) = self.cfg.patch_window, patches.shape
+            patches = patches[:, : n // window * window].reshape(batch, n // window, window, width).mean(dim=2)
+        cond = torch.cat([tokens[:, :1], patches], dim=1)
         prompt = self.prompt_embeds.to(cond.dtype)
         if self.cfg.combine == "add_per_position":
             return prompt + cond
@@ -160,8 +196,11 @@ class Diva(LatentDiffusionFeedback):
         tokens = condition["tokens"]
         batch_size, num_patches = tokens.shape[0], tokens.shape[1] - 1
         draws = self.cfg.num_noise_draws
-        patch_ids = randint(num_patches, (draws, batch_size, self.cfg.num_patch_tokens), rng, tokens.device)
-        context = torch.cat([self.context(tokens, patch_ids[d]) for d in range(draws)])  # draw-major rows
+        if self.cfg.patch_tokens == "random":
+            patch_ids = randint(num_patches, (draws, batch_size, self.cfg.num_patch_tokens), rng, tokens.device)
+            context = torch.cat([self.context(tokens, patch_ids[d]) for d in range(draws)])  # draw-major rows
+        else:  # the same condition for every draw
+            context = self.context(tokens).repeat(draws, 1, 1)
         return self.diffusion_loss(batch, context, draws, rng, timesteps, draw_weights=self.draw_weights())
 
     def draw_weights(self) -> list[float] | None:
