@@ -16,8 +16,8 @@ accumulation index j // world. Each rank decodes only its own micro-batches, and
 sees the same global batches.
 
 Unreadable images (zero-size, truncated, not an image) are skipped, never a crash: the slot is
-refilled by the next readable image in dataset order, and every failure is counted and reported
-(`bad` in each micro-batch); `BadImageTracker` turns too many into an error.
+refilled by the next readable image in dataset order, and every failure is reported (`bad` in each
+micro-batch); `BadImageTracker` counts them per distinct file and turns too many into an error.
 """
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
+from llava_plugin import distributed
 from llava_plugin.errors import GenfeedbackError
 from llava_plugin.images import ImageDecodeError, decode_rgb
 from llava_plugin.train.plan import StreamOrder
@@ -303,7 +305,7 @@ class MicroBatches(torch.utils.data.Dataset):
     """Global micro-batch index -> preprocessed tensors (+ cached targets) and skip accounting.
 
     Items: {"batch": {name: tensor}, "indices": [dataset index per row], "micro_index": int,
-            "tried": images attempted, "bad": [(key, reason), ...]}, and with `captions`
+            "tried": images attempted, "bad": [(index, key, reason), ...]}, and with `captions`
             "captions": [caption per row].
     """
 
@@ -329,7 +331,7 @@ class MicroBatches(torch.utils.data.Dataset):
                     indices.append(index)
                     break
                 except BadImage as err:
-                    bad.append((self.source.key(index), str(err)))
+                    bad.append((index, self.source.key(index), str(err)))
                     index = (index + 1) % self.order.num_items
             else:
                 raise DataError(f"{MAX_CONSECUTIVE_BAD + 1} unreadable images in a row near "
@@ -353,31 +355,52 @@ def collate_identity(item):
 
 @dataclass
 class BadImageTracker:
-    """Counts skipped images; raises once more than `max_fraction` of the images tried were bad."""
+    """Unreadable images, counted per distinct file over all ranks. The fraction held against
+    `max_fraction` is bad files over files read, so a bad file met again (a later epoch, or the retries
+    of a run of neighbouring bad files) counts once, and the count does not depend on the world size."""
 
     max_fraction: float
     check_after: int
-    tried: int = 0
-    bad: dict[str, str] = field(default_factory=dict)  # key -> reason (first seen)
-    bad_count: int = 0  # failures, repeats included (an unreadable image fails again every epoch)
+    order: StreamOrder
+    bad: dict[int, tuple[str, str]] = field(default_factory=dict)  # dataset index -> (key, reason), all ranks
+    pending: list[tuple[int, str, str]] = field(default_factory=list)  # this rank's, since the last gather
+    _first_epoch_rank: np.ndarray | None = None
 
-    def add(self, tried: int, bad: list[tuple[str, str]]) -> None:
-        self.tried += tried
-        self.bad_count += len(bad)
-        for key, reason in bad:
-            self.bad.setdefault(key, reason)
+    def add(self, bad: list[tuple[int, str, str]]) -> None:
+        self.pending += bad
 
-    def check(self, tried: int, bad_count: int, final: bool = False) -> None:
-        """`tried`/`bad_count` are the totals over all ranks."""
-        if tried == 0 or (not final and tried < self.check_after):
+    def gather(self) -> None:
+        """Collective: every rank's failures since the last gather, merged on every rank."""
+        for rank_bad in distributed.all_gather_object(self.pending):
+            for index, key, reason in rank_bad:
+                self.bad.setdefault(int(index), (key, reason))
+        self.pending = []
+
+    def files_read(self, positions: int) -> int:
+        """Distinct files read once stream positions [0, positions) are filled: the ones the plan asked
+        for, the bad ones and, after each bad file, the next one (a bad slot is refilled from there)."""
+        n = self.order.num_items
+        if positions >= n:
+            return n
+        if not self.bad:
+            return positions
+        if self._first_epoch_rank is None:  # position of each file in the first epoch's order
+            self._first_epoch_rank = np.empty(n, dtype=np.int64)
+            self._first_epoch_rank[self.order.permutation(0)] = np.arange(n)
+        reached = set(self.bad) | {(index + 1) % n for index in self.bad}
+        return positions + sum(1 for index in reached if self._first_epoch_rank[index] >= positions)
+
+    def check(self, positions: int, final: bool = False) -> None:
+        files = self.files_read(positions)
+        if files == 0 or (not final and files < self.check_after):
             return
-        if bad_count / tried > self.max_fraction:
+        if len(self.bad) / files > self.max_fraction:
             raise DataError(
-                f"{bad_count} of {tried} images tried ({bad_count / tried:.1%}) were unreadable, more than "
+                f"{len(self.bad)} of {files} files read ({len(self.bad) / files:.1%}) are unreadable, more than "
                 f"data.max_bad_fraction={self.max_fraction}; e.g. {self.report(5)}. Fix or remove those files, "
                 "or raise data.max_bad_fraction")
 
     def report(self, limit: int = 10) -> str:
-        items = list(self.bad.items())[:limit]
+        items = list(self.bad.values())[:limit]
         more = f" (+{len(self.bad) - limit} more)" if len(self.bad) > limit else ""
-        return "; ".join(f"{k}: {v}" for k, v in items) + more
+        return "; ".join(f"{key}: {reason}" for key, reason in items) + more

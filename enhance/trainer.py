@@ -73,8 +73,7 @@ class EnhanceTrainer(Trainer):
         cfg.require_run_fields()
         super().__init__(cfg)
         self.diagnosis: dict | None = None
-        self.images_tried = 0  # over all ranks, whole run (restored on resume)
-        self.images_skipped = 0
+        self.images_tried = 0  # read attempts (retries included) over all ranks, whole run (restored on resume)
 
     # ------------------------------------------------------------------ setup
     def build(self) -> Method:
@@ -108,7 +107,7 @@ class EnhanceTrainer(Trainer):
                 module.to(self.dtype)  # (a no-op cast would still make diffusers warn about fp32 modules)
         self.order = StreamOrder(len(self.source), cfg.batch.micro_batch_size, seed=cfg.data.seed,
                                  shuffle=cfg.data.shuffle)
-        self.tracker = BadImageTracker(cfg.data.max_bad_fraction, cfg.data.bad_check_after)
+        self.tracker = BadImageTracker(cfg.data.max_bad_fraction, cfg.data.bad_check_after, self.order)
         self.method.train()
         return self.method
 
@@ -180,16 +179,18 @@ class EnhanceTrainer(Trainer):
                 "files.generator": files_fingerprint(cfg.generator)}
 
     def trainer_state(self) -> dict:
-        return {"images_tried": self.images_tried, "images_skipped": self.images_skipped,
-                "bad_on_rank0": self.tracker.bad,
+        return {"images_tried": self.images_tried,
+                "bad_images": [[index, key, reason] for index, (key, reason) in sorted(self.tracker.bad.items())],
                 "noise_rng": "reseeded per micro-batch from (data.seed, global micro-batch index); "
                              f"next micro-batch index {self.step * self.plan.micro_per_step}"}
 
     def load_trainer_state(self, state: dict) -> None:
         self.images_tried = state["images_tried"]
-        self.images_skipped = state["images_skipped"]
-        if self.rank == 0:
-            self.tracker.bad = dict(state["bad_on_rank0"])
+        if "bad_images" in state:
+            self.tracker.bad = {int(index): (key, reason) for index, key, reason in state["bad_images"]}
+        else:  # a checkpoint of before the distinct-file count: rank 0's bad files, by key
+            index_of = {key: i for i, key in enumerate(self.source.keys())}
+            self.tracker.bad = {index_of[key]: (key, reason) for key, reason in state["bad_on_rank0"].items()}
 
     def _diagnose_at_start(self) -> None:
         from enhance.diagnose import condition_gap, sample_indices
@@ -257,19 +258,22 @@ class EnhanceTrainer(Trainer):
         rng = torch.Generator(device=self.device).manual_seed(seed)
         out = self.engine(batch, rng)
         self.backward_step(out.loss)
-        self.tracker.add(item["tried"], item["bad"])
+        self.tracker.add(item["bad"])
         sums = {f"metric/{k}": float(v) for k, v in out.metrics.items() if k != "loss"}
         return {"loss": float(out.loss.detach().float()), "tried": item["tried"], "bad": len(item["bad"]), **sums}
 
     def step_row(self, sums: dict[str, float], seconds: float) -> dict:
         self.images_tried += int(sums["tried"])
-        self.images_skipped += int(sums["bad"])
-        self.tracker.check(self.images_tried, self.images_skipped)
+        if sums["bad"]:  # summed over ranks with the rest of the row: all ranks gather, or none does
+            self.tracker.gather()
+        positions = self.step * self.cfg.batch.global_batch_size
+        self.tracker.check(positions)
         count = sums["micro_batches"]
         row = {"loss": sums["loss"] / count,
                "images_per_s": self.cfg.batch.global_batch_size / max(seconds, 1e-9),
                "epoch": round(self.order.epoch_of(self.step, self.cfg.batch.global_batch_size), 4),
-               "skipped_images": self.images_skipped, "images_tried": self.images_tried}
+               "skipped_images": len(self.tracker.bad), "files_read": self.tracker.files_read(positions),
+               "images_tried": self.images_tried}
         for key, value in sums.items():
             if key.startswith("metric/"):
                 row[key[len("metric/"):]] = value / count
@@ -287,7 +291,7 @@ class EnhanceTrainer(Trainer):
         meta = {
             "method": cfg.method_name, "base_tower": cfg.vision_tower, "generator": cfg.generator,
             "config": cfg.to_dict(), "feedback": asdict(cfg.feedback), "steps": self.step, "world_size": self.world,
-            "final_metrics": self.history[-1] if self.history else {}, "skipped_images": self.images_skipped,
+            "final_metrics": self.history[-1] if self.history else {}, "skipped_images": len(self.tracker.bad),
             "condition_gap_at_start": self.diagnosis,
             "attribute_gap": {"start": self._pairs_diagnosis().get("start"), "end": pairs} if pairs else None,
         }
@@ -316,11 +320,11 @@ class EnhanceTrainer(Trainer):
     def export(self) -> dict:
         """The bad-image report and the tower export (collective)."""
         cfg = self.cfg
-        tried, bad = self.images_tried, self.images_skipped
+        bad, positions = len(self.tracker.bad), self.step * cfg.batch.global_batch_size
         if bad and distributed.is_main():
-            logger.warning("skipped %d unreadable image(s) of %d tried (all ranks); rank 0 saw: %s",
-                           bad, tried, self.tracker.report())
-        self.tracker.check(tried, bad, final=True)
+            logger.warning("skipped %d unreadable file(s) of %d read (all ranks): %s", bad,
+                           self.tracker.files_read(positions), self.tracker.report())
+        self.tracker.check(positions, final=True)
         pairs = self._diagnose_pairs("end") if cfg.diagnose.pairs else None
         export = self.out / EXPORT_DIR
         self.write_tower(export, self.export_metadata(pairs, final=True), extras=True)

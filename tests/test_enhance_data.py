@@ -95,18 +95,58 @@ def test_micro_batches_refill_bad_slots_and_report_them(data_zoo):
     micro = bad_index // 4  # the micro-batch holding the empty file
     item = ds[micro]
     assert item["batch"]["n"] == 4  # the slot was refilled
-    assert [k for k, _ in item["bad"]][0] == "images/empty.jpg"
+    assert item["bad"][0][:2] == (bad_index, "images/empty.jpg")
     assert item["tried"] == 4 + len(item["bad"])
     assert bad_index not in item["indices"]
 
 
-def test_bad_image_threshold():
-    tracker = BadImageTracker(max_fraction=0.05, check_after=100)
-    tracker.add(50, [("x.jpg", "zero-size file")] * 10)
-    tracker.check(50, 10)  # too few tried to judge yet
-    with pytest.raises(DataError, match=r"10 of 50 images tried \(20.0%\).*x.jpg: zero-size"):
-        tracker.check(50, 10, final=True)
-    tracker.check(1000, 10, final=True)
+def neighbouring_bad_files(tmp_path, total=21, bad=range(8, 13)):
+    """`total` images in a folder; the ones at `bad` (adjacent in sorted order) are zero-size files."""
+    for i in range(total):
+        path = tmp_path / f"{i:03d}.png"
+        if i in bad:
+            path.write_bytes(b"")
+        else:
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(path)
+    return open_source(tmp_path)
+
+
+@pytest.mark.parametrize("micro_batches", [2, 10])  # part of the first epoch; nearly two epochs
+def test_bad_files_are_counted_once_each_not_per_retry(tmp_path, micro_batches):
+    """5 adjacent bad files of 21: a bad slot is refilled by retrying the next files, so the bad ones
+    fail again and again (per retry, per epoch); the tracker counts 5 bad of the distinct files read,
+    which are exactly the files the micro-batches loaded or failed on."""
+    source = neighbouring_bad_files(tmp_path)
+    order = StreamOrder(len(source), micro_batch=4, seed=0, shuffle=True)
+    batches = MicroBatches(source, order, preprocess=lambda images: {})
+    tracker = BadImageTracker(max_fraction=0.1, check_after=0, order=order)
+    attempts, read = 0, set()
+    for micro in range(micro_batches):
+        item = batches[micro]
+        tracker.add(item["bad"])
+        attempts += item["tried"]
+        read |= set(item["indices"]) | {index for index, _, _ in item["bad"]}
+    tracker.gather()
+    positions = micro_batches * 4
+    assert tracker.files_read(positions) == len(read)
+    if micro_batches == 10:
+        failures = attempts - positions
+        assert len(tracker.bad) == 5 and len(read) == 21 and failures > 5  # per retry, it was inflated
+        with pytest.raises(DataError, match=r"5 of 21 files read \(23.8%\) are unreadable.*008.png: zero-size"):
+            tracker.check(positions, final=True)
+
+
+def test_bad_image_threshold_waits_for_enough_files(tmp_path):
+    source = neighbouring_bad_files(tmp_path, total=21, bad=[3])
+    order = StreamOrder(len(source), micro_batch=4, seed=0, shuffle=False)
+    tracker = BadImageTracker(max_fraction=0.05, check_after=10, order=order)
+    tracker.add([(3, "003.png", "zero-size file")])
+    tracker.gather()
+    assert tracker.files_read(4) == 5  # 0-3 asked for, 3 failed, 4 refilled its slot
+    tracker.check(4)  # too few files read to judge yet
+    with pytest.raises(DataError, match=r"1 of 5 files read \(20.0%\)"):
+        tracker.check(4, final=True)
+    tracker.check(40, final=True)  # 1 of 21
 
 
 def test_jsonl_paths_are_relative_to_the_list(tmp_path, data_zoo):
