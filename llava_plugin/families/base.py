@@ -92,6 +92,8 @@ def quiet_transformers():
 
 def wrap_load_errors(spec: str, location: str, load: Callable):
     """Run a from_pretrained-style loader, turning unreadable weights into an error naming the files."""
+    if location.startswith(("/", ".", "~")) and not Path(location).expanduser().exists():
+        raise TowerSpecError(spec, f"no such file or directory: {location}")  # not a hub id, not corrupt
     try:
         return load()
     except TowerSpecError:
