@@ -38,6 +38,10 @@ class LlavaConversionError(GenfeedbackError, ValueError):
     """A checkpoint that does not convert exactly; the message names the key or field."""
 
 
+class LlavaFileMissingError(GenfeedbackError, FileNotFoundError):
+    """A LLaVA checkpoint directory (or a file it needs) that is not there."""
+
+
 # Original key prefix -> HF Llava (in-memory) key prefix. Every original key must match one.
 ORIGINAL_TO_HF_PREFIXES = (
     ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
@@ -209,13 +213,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = {}
             for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
                 if not (path / shard).is_file():
-                    raise FileNotFoundError(f"{index} lists shard {shard}, which is missing from {path}")
+                    raise LlavaFileMissingError(f"{index} lists shard {shard}, which is missing from {path}")
                 state.update(loader(path / shard))
             return state
     for name, loader in (("model.safetensors", load_file), ("pytorch_model.bin", _torch_load)):
         if (path / name).is_file():
             return loader(path / name)
-    raise FileNotFoundError(f"{path} has no weights (model.safetensors[.index.json] or pytorch_model.bin[.index.json])")
+    raise LlavaFileMissingError(f"{path} has no weights (model.safetensors[.index.json] or pytorch_model.bin[.index.json])")
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
@@ -226,14 +230,17 @@ def checkpoint_format(path: str | Path) -> str:
     """'hf_llava' or 'original_llava', from config.json; an error names what was found."""
     path = Path(path)
     config_file = path / "config.json"
+    if not path.is_dir():
+        raise LlavaFileMissingError(f"LLaVA checkpoint {path} does not exist: pass an HF Llava directory (the llava/ "
+                                    "of `python -m mllm_train`) or an original LLaVA-1.5 checkpoint directory")
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a LLaVA checkpoint directory")
+        raise LlavaFileMissingError(f"{path} has no config.json: not a LLaVA checkpoint directory")
     config = json.loads(config_file.read_text())
     if "mm_vision_tower" in config and "text_config" not in config:
         return "original_llava"
     if config.get("model_type") == "llava" and "text_config" in config:
         return "hf_llava"
-    raise ValueError(f"{config_file}: neither an HF Llava config (model_type 'llava' with text_config) nor an "
+    raise LlavaConversionError(f"{config_file}: neither an HF Llava config (model_type 'llava' with text_config) nor an "
                      f"original LLaVA config (with mm_vision_tower); model_type={config.get('model_type')!r}")
 
 
@@ -249,7 +256,7 @@ def load_llava(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         model, processor = load_original_llava(path, vision_tower=vision_tower, dtype=dtype)
     else:
         if vision_tower is not None:
-            raise ValueError(f"{path} is an HF Llava checkpoint with its tower inside; vision_tower= applies "
+            raise LlavaConversionError(f"{path} is an HF Llava checkpoint with its tower inside; vision_tower= applies "
                              f"only to original LLaVA checkpoints")
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -317,7 +324,7 @@ def _original_tokenizer(path: Path):
 
     config_file = path / "tokenizer_config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no tokenizer_config.json (original LLaVA saves the LLM's tokenizer "
+        raise LlavaFileMissingError(f"{path} has no tokenizer_config.json (original LLaVA saves the LLM's tokenizer "
                                 f"next to the weights)")
     name = json.loads(config_file.read_text()).get("tokenizer_class") or "LlamaTokenizer"
     cls = getattr(transformers, name.removesuffix("Fast"), None) or getattr(transformers, name, None)
@@ -389,7 +396,7 @@ def _write_original_tokenizer(tokenizer, source: Path, out: Path) -> None:
     """The tokenizer as LLaVA saves it: the LLM's own files, without `<image>`, padding with <unk>."""
     model_file = source / "tokenizer.model"
     if not model_file.is_file():
-        raise FileNotFoundError(f"the original layout needs the LLM's sentencepiece tokenizer.model; {source} has "
+        raise LlavaFileMissingError(f"the original layout needs the LLM's sentencepiece tokenizer.model; {source} has "
                                 f"none: pass tokenizer_dir= (the LLM directory the model was built from)")
     (out / "tokenizer.model").write_bytes(model_file.read_bytes())
     config = json.loads((source / "tokenizer_config.json").read_text())
