@@ -98,25 +98,42 @@ def _lrs(kind, max_steps, warmup, min_lr_ratio=0.0):
     return out
 
 
-def test_schedule_is_upstreams_linear_warmup_then_cosine_or_constant():
-    from transformers import get_cosine_schedule_with_warmup
+def _reference_lrs(name, max_steps, warmup, **kwargs):
+    from transformers import get_scheduler
 
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps, **kwargs)
+    out = []
+    for _ in range(max_steps + 1):
+        out.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return out, scheduler
+
+
+def test_schedule_is_upstreams_linear_warmup_then_cosine_or_constant():
     cosine = _lrs("cosine", 10, 2)
     assert cosine[:3] == [0.0, 0.5, 1.0]  # the first step trains at lr 0, as the HF Trainer does
     assert cosine[6] == pytest.approx(0.5) and cosine[10] == pytest.approx(0.0)
     assert _lrs("constant", 10, 2)[:4] == [0.0, 0.5, 1.0, 1.0]
     assert _lrs("cosine", 10, 0, min_lr_ratio=0.1)[10] == pytest.approx(0.1)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    total, warmup = 50, warmup_steps(max_steps=50, ratio=0.03)
-    assert warmup == math.ceil(0.03 * 50) == 2
-    reference = get_cosine_schedule_with_warmup(optimizer, warmup, total)
-    expected = []
-    for _ in range(total):
-        expected.append(reference.get_last_lr()[0])
-        optimizer.step()
-        reference.step()
-    assert _lrs("cosine", total, warmup)[:total] == pytest.approx(expected, abs=1e-12)
+    assert warmup_steps(max_steps=50, ratio=0.03) == math.ceil(0.03 * 50) == 2
     assert warmup_steps(max_steps=50, steps=7, ratio=0.5) == 7
+
+
+@pytest.mark.parametrize("max_steps,warmup", [(50, 2), (4600, 138), (7, 0), (3, 3), (1, 1), (12, 20)])
+def test_schedule_lrs_equal_transformers_get_scheduler_at_every_step(max_steps, warmup):
+    """Our LambdaLR multipliers give exactly (==) the lrs of the transformers schedulers the upstream
+    trainers use, and the same scheduler state_dict."""
+    pairs = [(("cosine", 0.0), ("cosine", {})), (("constant", 0.0), ("constant_with_warmup", {})),
+             (("cosine", 0.1), ("cosine_with_min_lr", {"scheduler_specific_kwargs": {"min_lr_rate": 0.1}}))]
+    for (kind, min_lr_ratio), (name, kwargs) in pairs:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        ours = build_scheduler(optimizer, kind=kind, max_steps=max_steps, warmup=warmup, min_lr_ratio=min_lr_ratio)
+        reference, theirs = _reference_lrs(name, max_steps, warmup, **kwargs)
+        assert _lrs(kind, max_steps, warmup, min_lr_ratio=min_lr_ratio) == reference, (kind, min_lr_ratio)
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        assert ours.state_dict()["lr_lambdas"] == theirs.state_dict()["lr_lambdas"]  # partials' (empty) __dict__
 
 
 # ---- metrics.jsonl -------------------------------------------------------------------------

@@ -71,7 +71,7 @@ class ScheduleConfig:
     max_steps: int = _help("Optimizer steps to train (0: derive from `epochs`; `--max-steps`).", 0)
     epochs: float = _help("Passes over the data, used when max_steps is 0.", 1.0)
     kind: Literal["cosine", "constant"] = _help("LR after warmup: cosine decay to min_lr_ratio, or constant "
-                                                "(transformers.get_scheduler).", "cosine")
+                                                "(the schedules of transformers.get_scheduler).", "cosine")
     warmup_steps: int = _help("Linear warmup steps from 0 (takes precedence over warmup_ratio).", 0)
     warmup_ratio: float = _help("Warmup as a fraction of the steps (ceil), used when warmup_steps is 0.", 0.0)
     min_lr_ratio: float = _help("Cosine floor as a fraction of the peak lr.", 0.0)
