@@ -118,3 +118,24 @@ def test_no_import_cycle_among_the_modules_of_a_package(package):
              for p in paths}
     cycles = import_cycles(graph)
     assert not cycles, f"{package} has import cycles (lazy imports included): {cycles}"
+
+
+# ---------------------------------------------------------------- heavy backends only where used
+HEAVY = ("deepspeed", "transformers", "diffusers", "peft", "open_clip", "lmms_eval", "torchvision")
+LIGHT_COMMANDS = [["mllm_train", "--help"], ["mllm_train", "finetune", "--help-config"], ["enhance", "--help"],
+                  ["enhance", "presets", "--methods"]]  # the last discovers (imports) every method module
+
+
+@pytest.mark.parametrize("argv", LIGHT_COMMANDS, ids=" ".join)
+def test_commands_that_train_nothing_import_no_heavy_backend(argv):
+    """Help, config listings and the method registry import no training backend (STYLE 3): they
+    would cost seconds of start-up (transformers alone brings torchvision and torch._dynamo)."""
+    import subprocess
+    import sys
+
+    script = ("import runpy, sys\n"
+              f"sys.argv = {argv!r}\n"
+              "try:\n    runpy.run_module(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+              f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "HEAVY []"

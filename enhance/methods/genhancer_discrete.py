@@ -16,13 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from enhance.generators.flow_dit import rand
-from enhance.generators.vq import (
-    MaskedDenoiserConfig,
-    MaskedTokenDenoiser,
-    VQTokenizer,
-    mask_ratio,
-    random_mask,
-)
+from enhance.generators.vq import MaskedDenoiserConfig, VQTokenizer, mask_ratio, random_mask
 from enhance.methods.base import register_method
 from enhance.methods.genhancer import GenHancerBase, GenHancerCommonConfig, fixed_timesteps
 
@@ -52,10 +46,14 @@ class GenHancerDiscrete(GenHancerBase):
         return VQTokenizer.load(directory)
 
     def build_denoiser(self, tokenizer: VQTokenizer):
+        from enhance.generators.masked_denoiser import MaskedTokenDenoiser
+
         h, w = tokenizer.grid(self.image_size)
         return MaskedTokenDenoiser.build(self.cfg.denoiser, tokenizer.codebook_size, h * w)
 
     def load_denoiser(self, directory):
+        from enhance.generators.masked_denoiser import MaskedTokenDenoiser
+
         return MaskedTokenDenoiser.from_pretrained(directory)
 
     @torch.no_grad()
