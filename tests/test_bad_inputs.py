@@ -152,6 +152,14 @@ def clip_run_stopped_after_one_step(zoo, t: Path) -> None:
     assert proc.returncode == 0 and (t / "run" / "checkpoints" / "step-00000001").is_dir(), proc.stderr[-2000:]
 
 
+def finished_clip_run(zoo, t: Path) -> None:
+    """A CLIP pretraining run trained to its end: it keeps no checkpoint (tiny-pretrain: every_steps 0), only
+    its export and run.json."""
+    proc = run_module(["-m", *pretrain(zoo, t)], timeout=600)
+    assert proc.returncode == 0 and not (t / "run" / "checkpoints").exists(), proc.stderr[-2000:]
+    (t / "projector-before").write_bytes((t / "run" / "mm_projector.bin").read_bytes())
+
+
 def compare_with_an_empty_run(t: Path) -> list[str]:
     (t / "empty").mkdir()
     return ["eval", "compare", str(results_dir(t)), str(t / "empty"), "--output", str(t / "rep")]
@@ -184,6 +192,9 @@ ZOO_CASES = [
                  lambda t, z: clip_run_stopped_after_one_step(z, t) or pretrain(
                      z, t, "--set", "optim.lr=0.5", tower=str(z.siglip)),
                  "belongs to another run (optim.lr: 0.01 -> 0.5; model.vision_tower: ", marks=pytest.mark.slow),
+    pytest.param("mllm_train: a finished run's directory started again with another lr",
+                 lambda t, z: finished_clip_run(z, t) or pretrain(z, t, "--set", "optim.lr=0.5"),
+                 "holds another run (optim.lr: 0.01 -> 0.5) and no checkpoint to resume", marks=pytest.mark.slow),
 ]
 
 
@@ -194,6 +205,8 @@ def test_bad_input_on_the_zoo_is_one_line_and_exit_2(name, argv, message, tmp_pa
     if "resumed" in name:  # the refused resume left the run as it was
         config = json.loads((tmp_path / "run" / "config.json").read_text())
         assert config["model"]["vision_tower"] == str(zoo.clip) and config["optim"]["lr"] == 0.01
+    if "finished" in name:  # its export was not overwritten
+        assert (tmp_path / "run" / "mm_projector.bin").read_bytes() == (tmp_path / "projector-before").read_bytes()
 
 
 # ---- kill and resume -----------------------------------------------------------------------------------

@@ -6,7 +6,13 @@ import torch
 
 from llava_plugin.config import ConfigError
 from llava_plugin.errors import BadFileError
-from llava_plugin.train.checkpoint import append_metrics, read_metrics, truncate_metrics
+from llava_plugin.train.checkpoint import (
+    append_metrics,
+    check_run_record,
+    read_metrics,
+    truncate_metrics,
+    write_run_record,
+)
 from llava_plugin.train.plan import (
     BatchPlan,
     EpochOrder,
@@ -171,3 +177,15 @@ def test_one_process_trains_without_zero_unless_kept_or_offloading(caplog):
     offload = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
     assert ds.for_world(offload, 1) is offload  # ZeRO-Offload is worth its hooks on one GPU
     assert ds.zero_stage(ds.for_world(ds.load_json("zero2"), 1)) == 0
+
+
+def test_run_record_refuses_a_fresh_start_over_another_run(tmp_path):
+    hint = "use a new --output"
+    check_run_record(tmp_path, {"seed": 1}, hint)  # no record yet: a new run
+    write_run_record(tmp_path, {"seed": 1, "optim.lr": 0.01, "data": tmp_path})
+    check_run_record(tmp_path, {"seed": 1, "optim.lr": 0.01, "data": tmp_path}, hint)  # the same run: restart
+    with pytest.raises(ConfigError, match=r"holds another run \(optim.lr: 0.01 -> 0.5\) .*: use a new --output"):
+        check_run_record(tmp_path, {"seed": 1, "optim.lr": 0.5, "data": tmp_path}, hint)
+    (tmp_path / "run.json").write_text('{"seed": ')
+    with pytest.raises(BadFileError, match="run record .*run.json is not valid JSON"):
+        check_run_record(tmp_path, {"seed": 1}, hint)

@@ -29,7 +29,7 @@ import torch
 
 from llava_plugin import distributed
 from llava_plugin.config import ConfigError
-from llava_plugin.errors import naming_disk_full, read_jsonl, tensor_bytes
+from llava_plugin.errors import naming_disk_full, read_json, read_jsonl, tensor_bytes
 
 logger = logging.getLogger("genfeedback")
 
@@ -113,6 +113,30 @@ def identity_mismatches(saved: dict[str, Any], now: dict[str, Any]) -> list[str]
         logger.warning("the checkpoint predates these run-identity fields, which are not checked: %s",
                        ", ".join(unrecorded))
     return [f"{key}: {saved[key]!r} -> {now[key]!r}" for key in now if key in saved and saved[key] != now[key]]
+
+
+RUN_FILE = "run.json"  # a run directory's identity, rewritten at every start
+
+
+def check_run_record(run_dir: str | Path, identity: dict[str, Any], hint: str) -> None:
+    """Refuse a fresh start in a directory that records another run (its RUN_FILE's identity differs):
+    with no checkpoint to resume, starting would overwrite that run's logs and export."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return
+    saved = read_json(path, "run record", f"delete it if {run_dir} holds no run you want to keep")
+    differences = identity_mismatches(saved if isinstance(saved, dict) else {}, identity)
+    if differences:
+        raise ConfigError(f"{run_dir} holds another run ({'; '.join(differences)}) and no checkpoint to resume "
+                          f"it from; starting here would overwrite it: {hint}")
+
+
+def write_run_record(run_dir: str | Path, identity: dict[str, Any]) -> None:
+    """RUN_FILE, atomically (a kill leaves the old record or the new one)."""
+    path = Path(run_dir) / RUN_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json.loads(json.dumps(identity, default=str)), indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def config_identity(config: dict[str, Any], session_fields: tuple[str, ...], prefix: str = "") -> dict[str, Any]:

@@ -44,8 +44,10 @@ from llava_plugin.train.checkpoint import (
     METRICS_FILE,
     Checkpointer,
     append_metrics,
+    check_run_record,
     seed_everything,
     truncate_metrics,
+    write_run_record,
 )
 from llava_plugin.train.config import RunConfig
 from llava_plugin.train.plan import BatchPlan
@@ -163,14 +165,18 @@ class Trainer:
         self._grad_norm: float | None = None
         self.checkpointer = Checkpointer(self.out, cfg.checkpointing.keep_last,
                                          exclude_frozen=self.exclude_frozen_from_checkpoints)
-        self.setup_hook()
         resume_dir = self._resume_dir()
+        if resume_dir is None:
+            self._check_fresh_start()
+        self.setup_hook()
         if resume_dir is not None:
             self._resume(resume_dir)
         else:
             if distributed.is_main():
                 truncate_metrics(self.metrics_file, -1)  # a fresh start: rows of an earlier attempt go
             self.start_hook()
+        if distributed.is_main():
+            write_run_record(self.out, self._full_identity())
         if distributed.is_main():
             logger.info("ready to train %.1f s after the process started", seconds_since_process_start())
         return self
@@ -191,6 +197,14 @@ class Trainer:
     def _full_identity(self) -> dict[str, Any]:
         return {"max_steps": self.max_steps, "batch.global_batch_size": self.cfg.batch.global_batch_size,
                 "seed": self.cfg.seed, **self.run_identity()}
+
+    def _check_fresh_start(self) -> None:
+        """With nothing to resume, the run directory must not record another run (a finished run keeps no
+        checkpoint where checkpoint_at_end is off): refused unless asked to start over or to force."""
+        if self.cfg.checkpointing.resume == "none" or self.cfg.checkpointing.force_resume:
+            return
+        check_run_record(self.out, self._full_identity(),
+                         "use a new --output, or --set checkpointing.resume=none to start over in it")
 
     def _resume(self, path: Path) -> None:
         state = self.checkpointer.load(
