@@ -2,6 +2,7 @@
 zoo. Speeds are results of a benchmark run (benchmarks/README.md), never asserted here."""
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,36 @@ def test_llava_peer_reports_a_failed_run_in_one_line(tmp_path, capsys, monkeypat
     assert peer.main(["--llava", str(checkout), "--work", str(tmp_path / "w"), "--procs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: python ... exited 1; see run.log: boom" and "Traceback" not in err
+
+
+def test_startup_times_a_run_to_its_line(tmp_path):
+    import sys
+
+    startup = load("startup")
+    script = "import time; print('loading'); print('x ready to train 0.1 s', flush=True); time.sleep(0.5)"
+    start = time.perf_counter()
+    ready = startup.timed_run([sys.executable, "-c", script], {}, tmp_path / "ready.log", startup.READY)
+    assert 0 < ready["wall_s"] < time.perf_counter() - start - 0.4 and ready["cpu_s"] >= 0
+    assert "ready to train" in (tmp_path / "ready.log").read_text()
+    with pytest.raises(RuntimeError, match="never printed 'ready to train'"):
+        startup.timed_run([sys.executable, "-c", "print('no')"], {}, tmp_path / "no.log", startup.READY)
+    with pytest.raises(RuntimeError, match="exited 3"):
+        startup.timed_run([sys.executable, "-c", "print('ready to train'); raise SystemExit(3)"], {},
+                          tmp_path / "fail.log", startup.READY)
+    assert startup.timed_run(startup.TORCH, {}, tmp_path / "torch.log", startup.IMPORTED)["wall_s"] > 0
+
+
+def test_startup_reports_each_rounds_difference_over_torch_and_over_the_imports():
+    startup = load("startup")
+    rounds = [{"finetune": {"wall_s": 6.0, "cpu_s": 5.0}, "imports": {"wall_s": 5.0, "cpu_s": 4.5},
+               "torch": {"wall_s": 2.0, "cpu_s": 2.0}},
+              {"finetune": {"wall_s": 9.0, "cpu_s": 5.5}, "imports": {"wall_s": 6.0, "cpu_s": 4.5},
+               "torch": {"wall_s": 4.0, "cpu_s": 2.0}},
+              {"finetune": {"wall_s": 5.0, "cpu_s": 4.0}, "imports": {"wall_s": 4.0, "cpu_s": 3.5},
+               "torch": {"wall_s": 2.5, "cpu_s": 1.5}}]
+    summary = startup.summarize(rounds, "finetune")
+    assert summary["over"]["wall_s"] == {"median": 4.0, "min": 2.5, "max": 5.0, "n": 3}
+    assert summary["over"]["cpu_s"]["median"] == 3.0 and summary["stage"]["wall_s"]["median"] == 6.0
+    lines = startup.table(rounds, ["finetune", "imports"]).splitlines()
+    assert lines[2] == "| finetune | 6.00 (5.00-9.00) | 2.50 (2.00-4.00) | **4.00 (2.50-5.00)** | 3.00 (2.50-3.50) | 0.50 (0.50-1.00) |"
+    assert lines[3].startswith("| imports | 5.00 (4.00-6.00) |") and lines[3].endswith("|  |")

@@ -1,0 +1,195 @@
+"""Start-up: how long each training stage takes to be ready to train, over `import torch`.
+
+    python benchmarks/startup.py [--zoo DIR] [--stages finetune,pretrain,enhance] [--rounds 5] [--json OUT]
+
+What is measured. Every trainer logs "ready to train" once its engine is built, its data is
+open and (on a fresh run) its start hook has run, just before the first step. A stage's
+start-up is the wall time from spawning its 1-step command (one process, the tiny zoo) to that
+line arriving on its output, and the process's CPU time (user + system, /proc) at that moment.
+The yardstick, `import torch`, is timed the same way: `python -c "import torch; print(...)"` to
+its line. Not to its exit: the interpreter's exit after `import torch` takes about another 0.5 s
+of CPU, which a trainer's start-up does not include. Each round runs the yardstick and
+every stage once, in an order rotated each round, and a figure is the round's difference, stage
+minus yardstick; the table gives its median and range over the rounds. The CPU difference is the
+steadier one on a shared machine: it does not count time spent waiting for a core.
+
+The stages, one process each (the trainer then runs DeepSpeed at ZeRO stage 0):
+- finetune: `python -m mllm_train finetune --preset tiny-finetune ... --max-steps 1`
+- pretrain: `python -m mllm_train pretrain --preset tiny-pretrain ... --max-steps 1`
+- enhance:  `python -m enhance train --preset tiny-diva --zoo ZOO ... --max-steps 1` (its start hook
+  runs the condition-gap diagnostic before training, so that is part of its start-up)
+- imports:  not a stage but the floor under the LLaVA stages: a process that only imports what
+  they cannot train without (DeepSpeed; transformers with the CLIP, Llama and LLaVA classes, its
+  image processor and tokenizers; that brings torchvision, torch._dynamo, scipy and accelerate),
+  timed to its line. What a LLaVA stage takes beyond this row is genfeedback's own start-up.
+
+Every command runs pinned to `--cores` (default core 1, as benchmarks/llava_peer.py), offline,
+with the rest of the environment as it is. The file cache is warm: one unmeasured run of each
+command comes first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+READY = "ready to train"
+STAGES = ("finetune", "pretrain", "enhance", "imports")
+IMPORTED = "startup benchmark: imported"
+TORCH = [sys.executable, "-c", f"import torch; print({IMPORTED!r}, flush=True)"]
+LIBRARY_IMPORTS = [sys.executable, "-c", ("import deepspeed, deepspeed.comm.torch, transformers; from transformers "
+                                         "import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, LlamaForCausalLM, "
+                                         f"LlavaForConditionalGeneration, LlavaProcessor; print({IMPORTED!r}, flush=True)")]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def stage_command(stage: str, zoo, out: Path) -> list[str]:
+    common = ["--output", str(out), "--max-steps", "1", "--set", "checkpointing.resume=none",
+              "--set", "logging.progress_bar=false"]
+    if stage == "imports":
+        return LIBRARY_IMPORTS
+    if stage == "enhance":
+        return [sys.executable, "-m", "enhance", "train", "--preset", "tiny-diva", "--zoo", str(zoo.root), *common]
+    data = {"finetune": ("llava_finetune", "llava_image_folder"),
+            "pretrain": ("llava_pretrain", "llava_pretrain_images")}[stage]
+    return [sys.executable, "-m", "mllm_train", stage, "--preset", f"tiny-{stage}", "--vision-tower", str(zoo.clip),
+            "--llm", str(zoo.llm), "--data", str(zoo.data[data[0]]), "--image-folder", str(zoo.data[data[1]]),
+            *common]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_run(argv: list[str], env: dict, log_file: Path, marker: str) -> dict:
+    """Spawn `argv` and time it to `marker`'s first appearance in its output: wall seconds, and the
+    process's CPU seconds then. The run must go on to exit 0."""
+    with open(log_file, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True)
+        seen = None
+        for line in proc.stdout:
+            if seen is None and marker in line:
+                seen = {"wall_s": time.perf_counter() - start, "cpu_s": cpu_seconds(proc.pid)}
+            out.write(line)
+        _, status, _ = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or seen is None:
+        tail = " | ".join(log_file.read_text().strip().splitlines()[-3:])
+        why = f"exited {code}" if code else f"never printed {marker!r}"
+        raise RuntimeError(f"{' '.join(argv[:4])} ... {why}; see {log_file}: {tail}")
+    return seen
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(rounds: list[dict], stage: str, base: str = "torch") -> dict:
+    """Rounds of {name: {wall_s, cpu_s}}: `stage`'s and `base`'s medians and ranges, and the median
+    and range of the per-round difference stage - base."""
+    return {"stage": {k: spread([r[stage][k] for r in rounds]) for k in ("wall_s", "cpu_s")},
+            "base": {k: spread([r[base][k] for r in rounds]) for k in ("wall_s", "cpu_s")},
+            "over": {k: spread([r[stage][k] - r[base][k] for r in rounds]) for k in ("wall_s", "cpu_s")}}
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def table(rounds: list[dict], stages: list[str]) -> str:
+    floor = "imports" in stages
+    lines = ["| stage (1 process) | ready to train, s | `import torch`, s | over torch, wall s | over torch, CPU s |"
+             + (" over the imports row, CPU s |" if floor else ""),
+             "|---|---|---|---|---|" + ("---|" if floor else "")]
+    for stage in stages:
+        s = summarize(rounds, stage)
+        cells = [stage, _fmt(s["stage"]["wall_s"]), _fmt(s["base"]["wall_s"]), f"**{_fmt(s['over']['wall_s'])}**",
+                 _fmt(s["over"]["cpu_s"])]
+        if floor:
+            cells.append("" if stage == "imports" else _fmt(summarize(rounds, stage, "imports")["over"]["cpu_s"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"median (min-max) over {len(rounds)} rounds of the differences within a round; `import torch` "
+                 "and the imports row are timed to a line printed after their imports")
+    return "\n".join(lines)
+
+
+def measure(stages: list[str], zoo, rounds: int, work: Path, cores: str) -> list[dict]:
+    """`rounds` rounds; each runs `import torch` and every stage once, in an order rotated each round."""
+    from llava_plugin.distributed import child_environment
+
+    env = {**child_environment(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    pin = ["taskset", "-c", cores] if cores else []
+    outs = {stage: work / "runs" / stage for stage in stages}
+    runs = {"torch": pin + TORCH, **{stage: pin + stage_command(stage, zoo, outs[stage]) for stage in stages}}
+    markers = {name: IMPORTED if name in ("torch", "imports") else READY for name in runs}
+
+    def run(name: str, tag: str) -> dict:
+        if name in outs:
+            shutil.rmtree(outs[name], ignore_errors=True)
+        return timed_run(runs[name], env, work / f"{name}-{tag}.log", markers[name])
+
+    for name in runs:  # warm the file cache; not measured
+        run(name, "warmup")
+    measured = []
+    names = list(runs)
+    for i in range(rounds):
+        order = names[i % len(names):] + names[:i % len(names)]
+        row = {name: run(name, str(i)) for name in order}
+        log(f"round {i + 1}/{rounds}: " + ", ".join(f"{name} {row[name]['wall_s']:.2f} s" for name in names))
+        measured.append(row)
+    return measured
+
+
+def tiny_zoo(path: Path | None, work: Path):
+    from llava_plugin.toy import build_zoo, load_zoo
+
+    root = path or work / "zoo"
+    if (root / "zoo.json").exists():
+        return load_zoo(root)
+    log(f"building the tiny zoo in {root}")
+    return build_zoo(root, seed=0)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/startup.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zoo", type=Path, help="an existing tiny zoo (python -m llava_plugin.toy --out DIR)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "genfeedback-startup",
+                        help="zoo, run directories and logs")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per stage")
+    parser.add_argument("--cores", default="1", help="taskset core list for every command ('' for no pinning)")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    if not stages or set(stages) - set(STAGES):
+        parser.error(f"--stages {args.stages!r}: expected a comma-separated subset of {', '.join(STAGES)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    try:
+        rounds = measure(stages, tiny_zoo(args.zoo, args.work), args.rounds, args.work, args.cores)
+    except RuntimeError as err:  # a run failed: its log says why
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(table(rounds, stages))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds,
+                                         "summary": {stage: summarize(rounds, stage) for stage in stages}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
