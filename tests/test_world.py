@@ -46,6 +46,32 @@ def test_mean_se_and_paired_difference():
     assert (d, se, n) == (1.0, 0.0, 3)
 
 
+def test_language_corpus_reads_described_scenes_in_the_benchmark_formats():
+    import re
+
+    from world import language
+
+    texts = language.corpus(0, 600, captions=0.05, described=0.9, text_only=0.0, described_rounds=5)
+    # no text names a held-out combination: the reading check's `unseen` scenes are never described
+    held = [s for s in (scenes.sample_scene(random.Random(k)) for k in range(400)) if language.held_out(s)]
+    assert 40 < len(held) < 120  # about 20%
+    assert not any(s.full_caption + "\n" in t for s in held for t in texts)
+    # the option letters carry no information: the true option is as often A as B
+    letters = re.findall(r"\nB\. [^\n]+\nAnswer with the option's letter from the given choices directly\. "
+                         r"ASSISTANT: ([AB])</s>", "".join(texts))
+    assert len(letters) > 200 and abs(letters.count("A") / len(letters) - 0.5) < 0.08
+    assert max(t.count("ASSISTANT:") for t in texts) == 5
+
+
+def test_language_labels_supervise_the_answers_of_a_chat_and_all_of_a_caption():
+    from world.language import supervised_labels
+
+    assistant, eos = [7, 8], 2
+    chat = [1, 5, 7, 8, 30, 31, 2, 6, 7, 8, 40, 2]
+    assert supervised_labels(chat, assistant, eos) == [-100] * 4 + [30, 31, 2] + [-100] * 3 + [40, 2]
+    assert supervised_labels([1, 5, 6], assistant, eos) == [1, 5, 6]
+
+
 @pytest.mark.slow
 def test_world_study_smoke_end_to_end(tmp_path):
     out = tmp_path / "study"
@@ -80,6 +106,9 @@ def test_world_study_smoke_end_to_end(tmp_path):
     assert "(n=1: no verdict)" in report  # one seed never yields a verdict
     reading = json.loads((out / "world" / "seed-0" / "reading.json").read_text())
     assert set(reading["described"]["mmvp"]) == set(scenes.ATTRIBUTES)
+    assert set(reading["described"]["world_mmvp"]) == set(scenes.ATTRIBUTES)  # every world MMVP question
+    assert set(reading["blind"]["world_cv_bench"]) == {"count", "position"}
+    assert set(reading["held_out"]["world_mmvp"]) == {"seen", "unseen"}
     for plot in ("probe.png", "mmvp_vlm.png", "effects.png", "sensitivity.png"):
         assert (out / "report" / plot).is_file(), plot
     # a rerun reuses every finished job

@@ -93,7 +93,7 @@ def _run(args) -> int:
         from world.language import reading_check
 
         zoo = json.loads((args.zoo / "zoo.json").read_text())
-        result = reading_check(Path(zoo["llm"]), n=args.n)
+        result = reading_check(Path(zoo["llm"]), n=args.n, data=zoo["data"])
         _write_json(args.output, result)
         print(json.dumps({mode: result[mode] for mode in ("described", "blind")}))
         return 0

@@ -102,6 +102,9 @@ def collect(out: Path) -> dict:
             for style, values in (reading.get(mode) or {}).items():
                 for attribute, value in values.items():
                     put(f"reading/{attribute}", f"{mode}/{style}", seed, 100 * value)
+        for style, values in (reading.get("held_out") or {}).items():
+            for split, value in values.items():
+                put(f"reading_held_out/{split}", style, seed, 100 * value)
         sens = _read(out / "world" / f"seed-{seed}" / "sensitivity.json")
         for generator, values in (sens or {}).items():
             if generator == "settings":
@@ -238,7 +241,8 @@ def method_gap_section(data: dict) -> str:
             + _table(["run", "when", *scenes.ATTRIBUTES], rows))
 
 
-READING_CHANCE = {"mmvp": "50", "cv_bench": "25-50", "short": "~0-33"}  # two options; 2-5 choices; a free word
+READING_CHANCE = {"world_mmvp": "50", "world_cv_bench": "25-50",  # the benchmarks' own questions
+                  "mmvp": "50", "cv_bench": "25-50", "short": "~0-33"}  # two options; 2-5 choices; a free word
 
 
 def reading_section(data: dict) -> str:
@@ -253,12 +257,19 @@ def reading_section(data: dict) -> str:
                 rows.append([mode, f"{style} (chance {chance})", *cells])
     if not rows:
         return "No reading check yet (`python -m world reading`)."
+    splits = [[style, *(_fmt(*mean_se(list(table.get(f"reading_held_out/{split}", {}).get(style, {}).values())))
+                        for split in ("seen", "unseen"))] for style in READING_CHANCE]
+    splits = [row for row in splits if row[1:] != ["-", "-"]]
     return ("The world language model alone, before LLaVA: greedy answers (exact match, %) to world questions in each "
-            "benchmark format, with the scene *described in words* where the image would be (a perfect projector "
-            "in the LM's own words) and *blind* (no description). LLaVA adds the image to what its LM can do with a "
-            "description: where `described` is at the `blind` level, the LM does not read the scene, and no tower "
-            "can change LLaVA's answers (world/language.py `reading_check`).\n\n"
-            + _table(["input", "format", *scenes.ATTRIBUTES], rows))
+            "format, with the scene *described in words* where the image would be (a perfect projector in the LM's "
+            "own words) and *blind* (no description): `world_mmvp` and `world_cv_bench` are every question of the "
+            "world benchmarks, the others questions sampled in the benchmark and VQA formats about every attribute. "
+            "LLaVA adds the image to what its LM can do with a description: where `described` is at the `blind` "
+            "level, the LM does not read the scene, and no tower can change LLaVA's answers (world/language.py "
+            "`reading_check`).\n\n" + _table(["input", "format", *scenes.ATTRIBUTES], rows)
+            + ("\n\nDescribed, on the scenes whose combination of attributes the LM corpus shows (`seen`) and on "
+               "the combinations it never names (`unseen`, 20%): equal accuracy means the LM reads the description "
+               "rather than recalling it.\n\n" + _table(["format", "seen", "unseen"], splits) if splits else ""))
 
 
 def downstream_section(data: dict) -> str:
