@@ -147,7 +147,7 @@ def test_a_real_full_disk_is_one_line_and_the_run_resumes_after_space_is_freed(z
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith(f"error: no space left on {run}: need about "), proc.stderr[-2000:]
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "run.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000001"]
 
     subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_tmpfs)], check=True)
