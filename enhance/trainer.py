@@ -37,7 +37,7 @@ from enhance.methods.base import Method, get_method
 from llava_plugin import distributed
 from llava_plugin.errors import naming_disk_full, tensor_bytes
 from llava_plugin.train import deepspeed as ds
-from llava_plugin.train.checkpoint import append_metrics, files_fingerprint, step_dir_name
+from llava_plugin.train.checkpoint import append_metrics, files_bytes, files_fingerprint, step_dir_name
 from llava_plugin.train.loop import HELD_STEPS_KEY, Trainer
 from llava_plugin.train.plan import PlanSampler, StreamOrder
 
@@ -307,7 +307,7 @@ class EnhanceTrainer(Trainer):
             if distributed.is_main():
                 shutil.rmtree(tmp, ignore_errors=True)
                 tower = method.export_tower()
-                with naming_disk_full(export.parent, lambda: tensor_bytes(tower.state_dict()), cleanup=[tmp]):
+                with naming_disk_full(export.parent, lambda: self._export_bytes(tower), cleanup=[tmp]):
                     tower.save_pretrained(tmp, metadata)
                     shutil.rmtree(export, ignore_errors=True)
                     tmp.rename(export)
@@ -316,6 +316,11 @@ class EnhanceTrainer(Trainer):
         distributed.barrier()
         if distributed.is_main():
             logger.info("exported the tower at step %d to %s", self.step, export)
+
+    def _export_bytes(self, tower) -> int:
+        """About what a tower export writes: the tower, and the base model's other parts saved beside it
+        (a CLIPModel's text tower), so at least the base model's own files."""
+        return max(tensor_bytes(tower.state_dict()), files_bytes(self.cfg.vision_tower))
 
     def export(self) -> dict:
         """The bad-image report and the tower export (collective)."""

@@ -9,6 +9,8 @@ from llava_plugin.errors import BadFileError
 from llava_plugin.train.checkpoint import (
     append_metrics,
     check_run_record,
+    files_bytes,
+    files_fingerprint,
     read_metrics,
     truncate_metrics,
     write_run_record,
@@ -189,3 +191,18 @@ def test_run_record_refuses_a_fresh_start_over_another_run(tmp_path):
     (tmp_path / "run.json").write_text('{"seed": ')
     with pytest.raises(BadFileError, match="run record .*run.json is not valid JSON"):
         check_run_record(tmp_path, {"seed": 1}, hint)
+
+
+def test_local_files_behind_a_spec(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"x" * 1000)
+    (model / "notes.txt").write_text("not a model file")
+    (model / ".cache").mkdir()
+    (model / ".cache" / "x.bin").write_bytes(b"hidden")
+    assert files_bytes(str(model)) == 1002 and files_bytes(f"hf_clip:{model}") == 1002
+    assert files_bytes(None) == 0 and files_fingerprint(str(tmp_path / "absent")) is None
+    before = files_fingerprint(str(model))
+    (model / "model.safetensors").write_bytes(b"y" * 1001)  # re-exported in place
+    assert files_fingerprint(str(model)) != before

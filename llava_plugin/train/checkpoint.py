@@ -157,32 +157,50 @@ def config_identity(config: dict[str, Any], session_fields: tuple[str, ...], pre
 FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json")
 
 
-def files_fingerprint(spec: str | None) -> str | None:
-    """A cheap fingerprint of the local files behind a model or data spec (a file, a directory, an HF id
-    in the local cache, or `family:LOCATION[@CHECKPOINT]`): each weight/config file's name, size and
-    mtime, so a model re-exported or a data file rewritten in place is noticed without reading
-    gigabytes. None when nothing local stands behind the spec."""
+def local_files(spec: str | None) -> list[tuple[Path, Path]]:
+    """(root, file) for each weight/config file behind a model or data spec (a file, a directory, an HF
+    id in the local cache, or `family:LOCATION[@CHECKPOINT]`); [] when nothing local stands behind it."""
     if not spec:
-        return None
+        return []
     paths = [Path(part).expanduser() for part in re.split(r"[:@]", spec) if part]
     paths = [path for path in paths if path.exists()]
     if not paths:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(spec.rpartition(":")[2], "config.json")
+        try:
+            cached = try_to_load_from_cache(spec.rpartition(":")[2], "config.json")
+        except ValueError:  # HFValidationError: not a hub id either (e.g. a path that does not exist)
+            return []
         if not isinstance(cached, str):
-            return None
+            return []
         paths = [Path(cached).parent]
-    digest = hashlib.sha256()
+    found = []
     for root in paths:
         files = [root] if root.is_file() else sorted(
             f for f in root.rglob("*") if f.suffix in FINGERPRINT_SUFFIXES and f.is_file()
             and not any(part.startswith(".") for part in f.relative_to(root).parts))
-        for file in files:
-            stat = file.stat()
-            digest.update(f"{file.relative_to(root) if file != root else file.name}|{stat.st_size}|"
-                          f"{stat.st_mtime_ns}\n".encode())
+        found += [(root, file) for file in files]
+    return found
+
+
+def files_fingerprint(spec: str | None) -> str | None:
+    """A cheap fingerprint of the local files behind a spec (`local_files`): each weight/config file's
+    name, size and mtime, so a model re-exported or a data file rewritten in place is noticed without
+    reading gigabytes. None when nothing local stands behind the spec."""
+    files = local_files(spec)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for root, file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root) if file != root else file.name}|{stat.st_size}|"
+                      f"{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def files_bytes(spec: str | None) -> int:
+    """Bytes of the local files behind a spec (`local_files`): e.g. what re-writing that model takes."""
+    return sum(file.stat().st_size for _, file in local_files(spec))
 
 
 class Checkpointer:
