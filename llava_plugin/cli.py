@@ -9,7 +9,8 @@
 - `add_launcher_flags`: the `deepspeed` launcher passes `--local_rank=N` (torchrun sets LOCAL_RANK
   instead); the rank is read from the environment either way, so the flag is accepted and unused.
   `--debug` shows tracebacks.
-- `guarded`: a `GenfeedbackError` (llava_plugin.errors) becomes one line on stderr and exit code 2.
+- `guarded`: a `GenfeedbackError` (llava_plugin.errors) becomes one line on stderr and exit code 2; so
+  does, on the other ranks of a multi-process run, the collective that finds the failed rank gone.
 - `run_cli`: the process entry point; after a clean run every rank leaves the process group together.
 """
 from __future__ import annotations
@@ -32,13 +33,24 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def guarded(command: Callable[[], int], *, debug: bool = False) -> int:
-    """Run a command; a `GenfeedbackError` becomes `error: ...` on stderr and exit code 2."""
+    """Run a command; a `GenfeedbackError` becomes `error: ...` on stderr and exit code 2, and so does a
+    collective that finds another rank gone (that rank prints the cause)."""
+    debug = debug or os.environ.get(DEBUG_ENV) == "1"
     try:
         return command()
     except GenfeedbackError as err:
-        if debug or os.environ.get(DEBUG_ENV) == "1":
+        if debug:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from llava_plugin import distributed
+
+        if debug or not distributed.lost_a_peer(err):
+            raise
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        print(f"error: rank {distributed.rank()} stopped because another rank stopped first (its error is "
+              f"above; here: {detail})", file=sys.stderr)
         return 2
 
 

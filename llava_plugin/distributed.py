@@ -54,6 +54,20 @@ def child_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_ENV}
 
 
+# How a collective reports that another rank is gone (gloo: its socket closed; NCCL: the communicator aborted)
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "remote worker crashing",
+              "remote process exited", "communicator was aborted")
+
+
+def lost_a_peer(err: BaseException) -> bool:
+    """Whether `err` is this rank finding, in a collective, that another rank has stopped: a consequence
+    of that rank's own error (which it reports), not a second fault."""
+    if not (dist.is_available() and dist.is_initialized()) or world_size() == 1:
+        return False
+    backend_error = getattr(dist, "DistBackendError", ())
+    return isinstance(err, backend_error) or any(marker in str(err).lower() for marker in _PEER_LOST)
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 

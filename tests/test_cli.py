@@ -36,3 +36,22 @@ def test_user_errors_are_one_line_and_exit_2(capsys):
 
     with pytest.raises(RuntimeError):
         guarded(bug)
+
+
+def test_a_lost_peer_is_a_line_only_in_a_multi_process_run(capsys, monkeypatch):
+    from llava_plugin import distributed
+
+    def lost():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:38284")
+
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):  # one process: no peer to lose
+        guarded(lost)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert guarded(lost) == 2
+    assert capsys.readouterr().err == (
+        "error: rank 1 stopped because another rank stopped first (its error is above; here: "
+        "[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:38284)\n")
+    with pytest.raises(RuntimeError, match="a bug on rank 1"):  # any other error keeps its traceback
+        guarded(lambda: (_ for _ in ()).throw(RuntimeError("a bug on rank 1")))

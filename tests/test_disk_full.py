@@ -4,6 +4,7 @@ writers that fail as torch, safetensors and the OS do, and for real on a tiny tm
 permitted."""
 import errno
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,24 @@ def test_a_real_full_disk_is_one_line_and_the_run_resumes_after_space_is_freed(z
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resumed from" in proc.stderr and (run / "llava" / "config.json").is_file()
     assert [row["step"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_full_disk_on_two_processes_stops_every_rank_without_a_traceback(zoo, tiny_tmpfs):
+    """The same disk under torchrun with 2 ranks: rank 0 fails the export and names the disk; rank 1, waiting
+    for it in a barrier, stops with a line saying so instead of gloo's traceback; nothing hangs."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mllm_train", "pretrain", "--preset", "tiny-pretrain", "--vision-tower", str(zoo.clip), "--llm",
+           str(zoo.llm), "--data", str(zoo.data["llava_pretrain"]), "--image-folder",
+           str(zoo.data["llava_pretrain_images"]), "--output", str(tiny_tmpfs / "run"), "--max-steps", "2",
+           "--set", "checkpointing.every_steps=1"]
+    env = {**child_environment(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GENFEEDBACK_SKIP_SHM_OP": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert [line for line in errors if "no space left" in line] == [
+        line for line in errors if line.startswith(f"error: no space left on {tiny_tmpfs / 'run'}: need about ")]
+    assert len(errors) in (1, 2) and "no space left" in errors[0], proc.stderr[-3000:]
+    # rank 1's line, when the launcher's SIGTERM does not come first
+    assert all("stopped because another rank stopped first" in line for line in errors[1:]), errors
+    assert not re.search(r"^\[rank\d+\]: Traceback", proc.stderr, re.MULTILINE), proc.stderr[-3000:]
