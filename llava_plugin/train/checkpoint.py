@@ -135,7 +135,7 @@ def write_run_record(run_dir: str | Path, identity: dict[str, Any]) -> None:
     """RUN_FILE, atomically (a kill leaves the old record or the new one)."""
     path = Path(run_dir) / RUN_FILE
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json.loads(json.dumps(identity, default=str)), indent=2) + "\n")
+    tmp.write_text(json.dumps(identity, indent=2, default=str) + "\n")
     os.replace(tmp, path)
 
 

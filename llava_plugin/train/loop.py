@@ -165,6 +165,9 @@ class Trainer:
         self._grad_norm: float | None = None
         self.checkpointer = Checkpointer(self.out, cfg.checkpointing.keep_last,
                                          exclude_frozen=self.exclude_frozen_from_checkpoints)
+        # what defines this run, once: checked against the run directory's record or the checkpoint
+        # resumed, written to the record, and saved in every checkpoint
+        self.identity = self._full_identity()
         resume_dir = self._resume_dir()
         if resume_dir is None:
             self._check_fresh_start()
@@ -176,8 +179,7 @@ class Trainer:
                 truncate_metrics(self.metrics_file, -1)  # a fresh start: rows of an earlier attempt go
             self.start_hook()
         if distributed.is_main():
-            write_run_record(self.out, self._full_identity())
-        if distributed.is_main():
+            write_run_record(self.out, self.identity)
             logger.info("ready to train %.1f s after the process started", seconds_since_process_start())
         return self
 
@@ -203,12 +205,12 @@ class Trainer:
         checkpoint where checkpoint_at_end is off): refused unless asked to start over or to force."""
         if self.cfg.checkpointing.resume == "none" or self.cfg.checkpointing.force_resume:
             return
-        check_run_record(self.out, self._full_identity(),
+        check_run_record(self.out, self.identity,
                          "use a new --output, or --set checkpointing.resume=none to start over in it")
 
     def _resume(self, path: Path) -> None:
         state = self.checkpointer.load(
-            self.engine, path, self._full_identity(), force=self.cfg.checkpointing.force_resume,
+            self.engine, path, self.identity, force=self.cfg.checkpointing.force_resume,
             on_mismatch=lambda p: "use a new --output, --set checkpointing.resume=none to start over, or "
                                   "--set checkpointing.force_resume=true to resume anyway")
         self.step = int(state["step"])
@@ -220,8 +222,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        return self.checkpointer.save(self.engine, self.step, {"run": self._full_identity(),
-                                                               "stage": self.trainer_state()})
+        return self.checkpointer.save(self.engine, self.step, {"run": self.identity, "stage": self.trainer_state()})
 
     # ------------------------------------------------------------------ training
     def backward_step(self, loss: torch.Tensor) -> None:
