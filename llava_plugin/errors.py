@@ -25,6 +25,15 @@ def _read_text(path, label: str, fix: str) -> str:
         raise BadFileError(f"cannot read {label}: {err}") from None
 
 
+def missing_local_path(location) -> bool:
+    """A location written as a local path (absolute, ./, ../ or ~) that does not exist: not a hub id to
+    look up, so "does not exist" is the whole answer (a loader would call it a malformed repo id, or
+    blame a corrupt file)."""
+    from pathlib import Path
+
+    return str(location).startswith(("/", ".", "~")) and not Path(location).expanduser().exists()
+
+
 def read_json(path, what: str = "", fix: str = ""):
     """JSON from `path`, or a `BadFileError` naming the file, where it breaks and what to do."""
     import json

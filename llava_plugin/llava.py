@@ -25,7 +25,13 @@ from pathlib import Path
 import torch
 
 from llava_plugin.chat import DEFAULT_FORMAT, chat_template, get_format
-from llava_plugin.errors import GenfeedbackError, naming_disk_full, read_json, tensor_bytes
+from llava_plugin.errors import (
+    GenfeedbackError,
+    missing_local_path,
+    naming_disk_full,
+    read_json,
+    tensor_bytes,
+)
 from llava_plugin.towers import VisionTower
 
 logger = logging.getLogger("genfeedback")
@@ -190,7 +196,7 @@ class LanguageModelError(GenfeedbackError, ValueError):
 def load_language_model(llm_dir: Path, load):
     """`load()` (tokenizer and causal LM from `llm_dir`), with transformers' errors (a missing path
     read as a malformed hub id, a config of another kind of model) turned into one line naming --llm."""
-    if (llm_dir.is_absolute() or str(llm_dir).startswith(".")) and not llm_dir.is_dir():
+    if missing_local_path(llm_dir):
         raise LanguageModelError(f"language model (--llm / model.llm) {llm_dir} does not exist: pass a local "
                                  "directory with config.json, tokenizer and weights (e.g. lmsys/vicuna-7b-v1.5)")
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from llava_plugin.errors import GenfeedbackError
+from llava_plugin.errors import GenfeedbackError, missing_local_path
 from llava_plugin.registry_util import Registry
 from llava_plugin.towers import VisionTower
 
@@ -92,7 +92,7 @@ def quiet_transformers():
 
 def wrap_load_errors(spec: str, location: str, load: Callable):
     """Run a from_pretrained-style loader, turning unreadable weights into an error naming the files."""
-    if location.startswith(("/", ".", "~")) and not Path(location).expanduser().exists():
+    if missing_local_path(location):
         raise TowerSpecError(spec, f"no such file or directory: {location}")  # not a hub id, not corrupt
     try:
         return load()
