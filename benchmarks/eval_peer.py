@@ -69,10 +69,9 @@ def timed_generation(lm, requests) -> tuple[float, list[str]]:
 
 def tiny_zoo(work: Path) -> tuple[Path, Path]:
     """The tiny zoo's LLaVA and VQA data root (the zoo is built under `work` when missing)."""
-    from llava_plugin.toy import build_zoo, load_zoo
+    from llava_plugin.toy import open_zoo
 
-    root = work / "zoo"
-    zoo = load_zoo(root) if (root / "zoo.json").exists() else build_zoo(root, seed=0)
+    zoo = open_zoo(work / "zoo")
     return zoo.llava, zoo.data["vqa_root"]
 
 

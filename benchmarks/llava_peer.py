@@ -206,14 +206,9 @@ def table(results: list[dict]) -> str:
 
 def tiny_zoo(path: Path | None, work: Path) -> dict:
     """The paths both trainers read: `path`'s zoo, or one built under `work` (vision, llm, data)."""
-    from llava_plugin.toy import build_zoo, load_zoo
+    from llava_plugin.toy import open_zoo
 
-    root = path or work / "zoo"
-    if (root / "zoo.json").exists():
-        zoo = load_zoo(root)
-    else:
-        log(f"building the tiny zoo in {root}")
-        zoo = build_zoo(root, seed=0, parts=["vision", "llm", "data"])
+    zoo = open_zoo(path or work / "zoo", parts=["vision", "llm", "data"])
     return {"clip": str(zoo.clip), "llm": str(zoo.llm), "data": str(zoo.data["llava_finetune"]),
             "images": str(zoo.data["llava_image_folder"])}
 

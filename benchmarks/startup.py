@@ -155,13 +155,9 @@ def measure(stages: list[str], zoo, rounds: int, work: Path, cores: str) -> list
 
 
 def tiny_zoo(path: Path | None, work: Path):
-    from llava_plugin.toy import build_zoo, load_zoo
+    from llava_plugin.toy import open_zoo
 
-    root = path or work / "zoo"
-    if (root / "zoo.json").exists():
-        return load_zoo(root)
-    log(f"building the tiny zoo in {root}")
-    return build_zoo(root, seed=0)
+    return open_zoo(path or work / "zoo")
 
 
 def main(argv=None) -> int:

@@ -81,3 +81,14 @@ def test_sentencepiece_training_is_deterministic(tmp_path):
     assert pieces(other) != first
     with pytest.raises(ValueError, match=r"\.model"):
         train_sentencepiece(corpus, tmp_path / "d.spm", vocab_size=400)
+
+
+def test_open_zoo_builds_once_then_loads(tmp_path, capsys):
+    from llava_plugin.toy import open_zoo
+
+    built = open_zoo(tmp_path / "zoo", parts=["llm"])
+    assert capsys.readouterr().err.startswith(f"building the tiny zoo in {tmp_path / 'zoo'}\n")
+    written = (tmp_path / "zoo" / "zoo.json").stat().st_mtime_ns
+    again = open_zoo(tmp_path / "zoo", parts=["llm"])
+    assert again.llm == built.llm and again.clip is None and capsys.readouterr().err == ""
+    assert (tmp_path / "zoo" / "zoo.json").stat().st_mtime_ns == written  # read, not rewritten

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,3 +93,13 @@ def load_zoo(root: str | Path) -> Zoo:
         else:
             setattr(zoo, key, Path(value))
     return zoo
+
+
+def open_zoo(root: str | Path, seed: int = 0, parts: list[str] | None = None) -> Zoo:
+    """The zoo written at `root` (its zoo.json), or one built there first (`build_zoo`), saying so on
+    stderr: building takes a few minutes."""
+    root = Path(root)
+    if (root / "zoo.json").exists():
+        return load_zoo(root)
+    print(f"building the tiny zoo in {root}", file=sys.stderr, flush=True)
+    return build_zoo(root, seed=seed, parts=parts)
