@@ -11,7 +11,7 @@ last line (the command's one-line error) and skips what depends on it; independe
     status = run_jobs(jobs, out, parallel=1)   # job -> reused | done | failed | skipped
 
 Layout: OUT/logs/<job>.log (each job's output, its command line first) and OUT/jobs.jsonl (one row
-per finished job: status and seconds).
+per finished job: status, wall seconds and CPU seconds).
 """
 from __future__ import annotations
 
@@ -127,13 +127,14 @@ def run_jobs(jobs: list[Job], out: Path, parallel: int = 1, desc: str = "jobs",
                 waiting.remove(job)
                 bar.update(1)
             for name, (proc, start, log, log_path) in list(running.items()):
-                if proc.poll() is None:
+                ended, cpu = _reap(proc)
+                if not ended:
                     continue
                 log.close()
                 del running[name]
                 ok = proc.returncode == 0 and by_name[name].done.exists()
                 status[name] = "done" if ok else "failed"
-                _record(out, name, status[name], time.perf_counter() - start)
+                _record(out, name, status[name], time.perf_counter() - start, cpu)
                 if not ok:
                     tqdm.write(f"{desc}: {name} failed (exit {proc.returncode}): {last_line(log_path)}; "
                                f"its log: {log_path}", file=sys.stderr)
@@ -150,6 +151,52 @@ def last_line(log_path: Path) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def _record(out: Path, name: str, status: str, seconds: float) -> None:
+def _reap(proc: subprocess.Popen) -> tuple[bool, float | None]:
+    """(ended, CPU seconds): once `proc` has ended, its user + system time, its waited-for children
+    included (a world build's part workers), which unlike the wall time does not grow when other
+    processes share the core (None where the OS gives no per-child usage). Sets proc.returncode."""
+    if not hasattr(os, "wait4"):
+        return proc.poll() is not None, None
+    pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid == 0:
+        return False, None
+    proc.returncode = os.waitstatus_to_exitcode(wait_status)
+    return True, usage.ru_utime + usage.ru_stime
+
+
+def _record(out: Path, name: str, status: str, seconds: float, cpu_seconds: float | None) -> None:
+    row = {"job": name, "status": status, "seconds": round(seconds, 1),
+           "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1), "time": time.time()}
     with (out / "jobs.jsonl").open("a") as f:
-        f.write(json.dumps({"job": name, "status": status, "seconds": round(seconds, 1), "time": time.time()}) + "\n")
+        f.write(json.dumps(row) + "\n")
+
+
+def schedule(jobs: list[Job], seconds: dict[str, float], parallel: int) -> tuple[float, dict[str, tuple[float, float]]]:
+    """The wall time `run_jobs(jobs, parallel=parallel)` would take if each job took `seconds[name]`
+    (e.g. measured one at a time, from a jobs.jsonl): the same policy, jobs started in list order as
+    soon as their dependencies are done and a slot is free. Returns (wall seconds, job -> (start, end)).
+    A computed figure: it assumes jobs side by side do not slow each other down."""
+    by_name = {j.name: j for j in jobs}
+    missing = sorted(set(by_name) - set(seconds))
+    if missing:
+        raise ValueError(f"no seconds for job(s) {', '.join(missing)}")
+    for job in jobs:
+        unknown = [d for d in job.deps if d not in by_name]
+        if unknown:
+            raise ValueError(f"job {job.name} depends on {unknown[0]}, which is not in the graph")
+    times: dict[str, tuple[float, float]] = {}
+    waiting, running, now = list(jobs), {}, 0.0
+    while waiting or running:
+        for job in list(waiting):
+            if len(running) >= parallel:
+                break
+            if all(d in times and d not in running for d in job.deps):
+                times[job.name] = (now, now + seconds[job.name])
+                running[job.name] = now + seconds[job.name]
+                waiting.remove(job)
+        if not running:
+            raise ValueError(f"jobs {', '.join(j.name for j in waiting)} wait on dependencies that never finish")
+        now = min(running.values())
+        for name in [n for n, end in running.items() if end <= now]:
+            del running[name]
+    return max((end for _, end in times.values()), default=0.0), times
