@@ -2,7 +2,8 @@
 
     python -m genfeedback run --preset toy                    # enhance -> LLaVA -> eval -> compare
     python -m genfeedback run --preset paper --llm DIR --enhance-data SPEC --sd DIR --flux DIR ... --gpus 8
-    python -m genfeedback run --preset world --seeds 3        # the shapes-world study (python -m world study)
+    python -m genfeedback run --preset world                  # the quick shapes world, 1 seed (world/configs/study-quick.yaml)
+    python -m genfeedback run --preset world-full --seeds 3   # the full world study (world/configs/study.yaml)
     python -m genfeedback llava --vision-tower SPEC --llm DIR --output DIR --pretrain-data JSON ...
     python -m genfeedback eval --vision-tower SPEC --model DIR --output DIR --mmvp-data DIR ...
 
@@ -25,7 +26,9 @@ from llava_plugin.cli import add_launcher_flags, guarded, run_cli
 from llava_plugin.config import ConfigError, deep_merge, from_dict, help_text, parse_overrides
 from llava_plugin.jobs import LAUNCHERS, run_jobs
 
-WORLD = "world"  # `run --preset world`: the world study, its own recipe (world/configs/study.yaml)
+# `run --preset world | world-full`: the shapes-world study (python -m world study) with its own recipe in
+# world/configs: the quick tier (one seed in about 20 min on 2 cores) or the full study of the README's table
+WORLD = {"world": "study-quick", "world-full": "study"}
 
 
 def _benchmark_commands() -> list[tuple[str, str]]:
@@ -62,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="the whole chain: enhance every method, LLaVA on every tower, eval, compare")
-    p.add_argument("--preset", default="toy", help=f"recipe: {' | '.join([*recipes(), WORLD])} (default toy)")
-    p.add_argument("--output", type=Path, help="run directory (default runs/<preset>-pipeline; world: runs/world)")
+    p.add_argument("--preset", default="toy", help=f"recipe: {' | '.join([*recipes(), *WORLD])} (default toy)")
+    p.add_argument("--output", type=Path, help="run directory (default runs/<preset>-pipeline; world: runs/<preset>)")
     p.add_argument("--methods", help="comma-separated subset of the recipe's methods")
     p.add_argument("--enhance-steps", type=int, help="optimizer steps per enhancement stage (default: the recipe's)")
     p.add_argument("--llava-steps", type=int, help="optimizer steps per LLaVA stage (default: the recipe's)")
@@ -183,7 +186,7 @@ def run_config(args) -> PipelineConfig:
 
 # ---------------------------------------------------------------- commands
 def cmd_run(args) -> int:
-    if args.preset == WORLD:
+    if args.preset in WORLD:
         return _run_world(args)
     cfg = run_config(args)
     out = (args.output or Path("runs") / f"{args.preset}-pipeline").resolve()
@@ -219,11 +222,12 @@ def _run(jobs, out: Path, cfg: PipelineConfig, desc: str) -> int:
 def _run_world(args) -> int:
     ignored = [f for f, v in vars(args).items() if v not in (None, False, [], "world") and f not in
                ("command", "preset", "output", "seeds", "jobs", "debug", "local_rank")]
+    recipe = WORLD[args.preset]
     if ignored:
-        raise ConfigError(f"--preset world takes --output, --seeds and --jobs only (its recipe is "
-                          f"world/configs/study.yaml); got --{ignored[0].replace('_', '-')}")
-    argv = plan.python_module("world", "study", "--out", str(args.output or Path("runs") / "world"),
-                              "--jobs", str(args.jobs or 2))
+        raise ConfigError(f"--preset {args.preset} takes --output, --seeds and --jobs only (its recipe is "
+                          f"world/configs/{recipe}.yaml); got --{ignored[0].replace('_', '-')}")
+    argv = plan.python_module("world", "study", "--preset", recipe, "--out",
+                              str(args.output or Path("runs") / args.preset), "--jobs", str(args.jobs or 2))
     if args.seeds:
         argv += ["--seeds", str(args.seeds)]
     print("$ " + " ".join(argv), file=sys.stderr)
@@ -334,7 +338,7 @@ def cmd_recipes(args) -> int:
     if args.fields:
         print("\n".join(help_text(PipelineConfig)))
     else:
-        print("\n".join([*recipes(), WORLD]))
+        print("\n".join([*recipes(), *WORLD]))
     return 0
 
 

@@ -101,5 +101,23 @@ def test_world_preset_runs_the_world_study(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda argv: calls.append(argv) or 0)
     assert cli.main(["run", "--preset", "world", "--seeds", "3", "--output", str(tmp_path)]) == 0
-    assert calls[0][1:] == ["-m", "world", "study", "--out", str(tmp_path), "--jobs", "2", "--seeds", "3"]
+    assert calls[0][1:] == ["-m", "world", "study", "--preset", "study-quick", "--out", str(tmp_path), "--jobs", "2",
+                            "--seeds", "3"]
+    assert cli.main(["run", "--preset", "world-full"]) == 0  # the full study, the README's measured table
+    assert calls[1][1:] == ["-m", "world", "study", "--preset", "study", "--out", "runs/world-full", "--jobs", "2"]
     assert cli.main(["run", "--preset", "world", "--llm", "x"]) == 2  # a flag the world recipe does not take
+
+
+def test_every_world_preset_names_a_study_recipe_whose_world_loads():
+    """`run --preset world | world-full` and the recipes list agree with world/configs."""
+    import genfeedback.__main__ as cli
+    from world.build import load_spec
+    from world.study import load_study
+
+    for preset, recipe in cli.WORLD.items():
+        study = load_study(recipe)
+        assert study.methods and study.seeds, preset
+        load_spec(study.world)  # the world spec it builds validates
+    # the quick tier inherits the full study and drops two of its variants (null = not run)
+    assert set(load_study("study-quick").variants) == {"feedback", "control"}
+    assert set(load_study("study").variants) == {"feedback", "control", "shuffled", "pure"}

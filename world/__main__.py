@@ -1,8 +1,10 @@
 """The shapes world: a CPU-sized domain where every stage of the toolkit means something.
 
     python -m world build --root WORLD [--seed K] [--preset world]   the world's data and seed-K models
+                                                   (world | world-quick | world-smoke)
     python -m world probe --vision-tower DIR --output FILE.json      probes, pair cosine, zero-shot
     python -m world study --out DIR [--seeds N] [--preset study]     every method and control, then the report
+                                                   (study: the full study | study-quick: ~20 min a seed | study-smoke)
     python -m world report --out DIR                                  (re)write DIR/report from finished runs
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, type=Path, help="world directory (data/ and seed-K/)")
     p.add_argument("--seed", type=int, default=0, help="seed of the models (CLIP, VAE, generators, LM)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the shared data and benchmarks")
-    p.add_argument("--preset", default="world", help="world spec preset (world/configs): world | world-smoke")
+    p.add_argument("--preset", default="world", help="world spec preset (world/configs): world | world-quick | world-smoke")
     p.add_argument("--jobs", type=int, default=2, help="parts trained in parallel (one CPU thread each)")
     p = sub.add_parser("probe", help="linear probes, pair cosine and zero-shot of a tower on world scenes")
     p.add_argument("--vision-tower", required=True, help="a CLIPModel dir (the world CLIP or an enhance export)")
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=40, help="questions per format and attribute")
     p = sub.add_parser("study", help="build the world, run every method and control over seeds, write the report")
     p.add_argument("--out", required=True, type=Path, help="study directory")
-    p.add_argument("--preset", default="study", help="study recipe (world/configs): study | study-smoke")
+    p.add_argument("--preset", default="study", help="study recipe (world/configs): study (the full study; bash scripts/pipeline.sh --preset "
+                        "world-full) | study-quick (--preset world) | study-smoke")
     p.add_argument("--seeds", type=int, default=None,
                    help="how many seeds: the recipe's first N (seeds after its last one if N is larger)")
     p.add_argument("--jobs", type=int, default=2, help="jobs run in parallel (one CPU thread each)")

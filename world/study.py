@@ -52,18 +52,23 @@ class StudyConfig:
     variants: dict[str, dict[str, Any]] = _help(
         "Variant name -> enhance --set overrides applied to every method: `feedback` (the method as its "
         "preset), `control` (the same run without the feedback term), `shuffled` (each image gets "
-        "another image's condition), `pure` (no regulariser) ...", factory=dict)
+        "another image's condition), `pure` (no regulariser) ...; a variant set to null is not run (a recipe "
+        "that inherits one drops it).", factory=dict)
     downstream: list[str] = _help("Towers trained into LLaVA: `base` and/or <method> (its `feedback` variant) or "
                                   "<method>-<variant>.", factory=lambda: [BASE])
     enhance: dict[str, Any] = _help("Extra --set values for every enhance run (e.g. a smoke run's step counts).",
                                     factory=dict)
     llava: dict[str, Any] = _help("LLaVA presets and extra --set values: pretrain, finetune, set.", factory=dict)
     mmvp_vlm: dict[str, Any] = _help("Extra flags of `eval mmvp-vlm` for the world set.", factory=dict)
+    mmvp: dict[str, Any] = _help("Extra flags of `eval mmvp` for world MMVP (e.g. prompt-style: original).",
+                                 factory=dict)
+    cv_bench: dict[str, Any] = _help("Extra flags of `eval cv-bench` for world CV-Bench.", factory=dict)
     probe: dict[str, Any] = _help("Extra flags of `world probe` (n-train, n-test, n-pairs).", factory=dict)
     sensitivity: dict[str, Any] = _help("Extra flags of `world sensitivity` (n).", factory=dict)
     reading: dict[str, Any] = _help("Extra flags of `world reading` (n).", factory=dict)
 
     def validate(self) -> None:
+        self.variants = {name: overrides for name, overrides in self.variants.items() if overrides is not None}
         self.methods = {name: r if isinstance(r, MethodRecipe) else from_dict(MethodRecipe, r, f"methods.{name}.")
                         for name, r in self.methods.items()}
         if not self.seeds:
@@ -166,7 +171,7 @@ def llava_jobs(cfg: StudyConfig, tower: str, where: tuple[Path, str], zoo: Path,
                      str(_zoo_data(zoo, "llava_finetune").parent), "--output", str(run / "finetune"), *sets),
             llava_dir / "genfeedback.json", [pre]),  # written last, after the export is complete
     ]
-    for bench, flags in (("mmvp", ["--no-fix-label-swap"]), ("cv-bench", [])):
+    for bench, flags in (("mmvp", ["--no-fix-label-swap", *_flags(cfg.mmvp)]), ("cv-bench", _flags(cfg.cv_bench))):
         result = run / "eval" / bench
         jobs.append(Job(f"{bench}/seed-{seed}/{tower}", _py("eval", bench, "--model", str(llava_dir), "--data",
                                                              str(_zoo_data(zoo, bench.replace("-", "_"))), "--output",
