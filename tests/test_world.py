@@ -63,6 +63,32 @@ def test_language_corpus_reads_described_scenes_in_the_benchmark_formats():
     assert max(t.count("ASSISTANT:") for t in texts) == 5
 
 
+def test_mmvp_original_turns_are_what_eval_mmvp_sends_and_their_answers_score_right(tmp_path):
+    """A world `mmvp_original` training turn is worded as `eval mmvp --prompt-style original` asks world
+    MMVP, and its gold answer (the option's words) is scored as the right letter by the parsers that read an
+    option's words (the default `strict` and `cambrian`; lmms-eval's reads letters only)."""
+    from eval.benchmarks import mmvp
+    from world import questions
+    from world.benchmarks import read_labels, write_mmvp
+
+    data = write_mmvp(tmp_path / "mmvp")
+    labels = {row["id"]: row for row in read_labels(data)}
+    for item in mmvp.load(data, fix_label_swap=False):
+        label = labels[item.index]
+        scene = scenes.Scene(**label["scene"])
+        sent = mmvp.build_prompt(item, "original")
+        assert sent == questions.mmvp_original_prompt(questions.question(scene, label["attribute"]), list(item.options))
+        answer = questions.value_text(scene, label["attribute"])
+        for parser in ("strict", "cambrian"):
+            assert mmvp.is_correct(answer, mmvp.parse(answer, parser, item.options), item.gold, item.options, parser)
+    rng = random.Random(0)
+    scene = scenes.Scene("red", "triangle", 2, "left", "up", 0)
+    for _ in range(20):
+        human, gold = questions.ask(scene, "orientation", "mmvp_original", rng)
+        assert gold == "up" and human.startswith("Which way") and "(a) " in human and " (b) " in human
+        assert "up" in human.split("(a) ", 1)[1]
+
+
 def test_language_labels_supervise_the_answers_of_a_chat_and_all_of_a_caption():
     from world.language import supervised_labels
 

@@ -144,7 +144,7 @@ def write_mmvp(out: Path, seed: int = 0) -> Path:
                 index = len(rows) + 1
                 _save(scene, out / "MMVP Images" / f"{index}.jpg")
                 letter = "ab"[order.index(k)]
-                rows.append([index, text, f"(a) {options[0]} (b) {options[1]}", f"({letter})"])
+                rows.append([index, text, q.mmvp_options(options), f"({letter})"])
                 labels.append(_label(index, pair, attribute, scene, gold=letter.upper()))
     _write_csv(out / "Questions.csv", ["lndex", "Question", "Options", "Correct Answer"], rows)
     _write_labels(out, labels)

@@ -12,6 +12,9 @@ Prompt formats (the text after "<image>\\n"):
 - `mmvp`: LLaVA-1.5's multiple choice as eval/benchmarks/mmvp.py sends it,
   "{question}\\nA. x\\nB. y\\nAnswer with the option's letter from the given choices directly.";
   answer: the letter ("A").
+- `mmvp_original`: the MMVP repo's own prompt, as eval/benchmarks/mmvp.py's `original` style sends it,
+  "{question} (a) x (b) y"; answer: the option's words ("up"), as the MMVP repo grades a free answer
+  against the options (eval/benchmarks/mmvp.py's parsers accept an answer that is one option's text).
 - `cv_bench`: CV-Bench's row prompt "{question} Select from the following choices.\\n(A) x\\n(B) y..."
   plus eval/benchmarks/cv_bench.py's suffix (the same letter instruction); answer "(A)".
 - `short`: "{question}\\nAnswer the question using a single word or phrase." (LLaVA-1.5's VQA
@@ -28,7 +31,7 @@ LETTER_SUFFIX = "Answer with the option's letter from the given choices directly
 SHORT_SUFFIX = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA suffix
 CV_BENCH_SELECT = "Select from the following choices."  # CV-Bench's row prompts
 CV_COUNT_CHOICES = ("0", "1", "2", "3", "4")  # a count question's options: the world has 1-3 shapes
-FORMATS = ("mmvp", "cv_bench", "short", "sentence")
+FORMATS = ("mmvp", "mmvp_original", "cv_bench", "short", "sentence")
 
 
 def _noun(scene: Scene) -> str:
@@ -102,6 +105,16 @@ def mmvp_prompt(text: str, options: list[str]) -> str:
     return f"{text}\n{listed}\n{LETTER_SUFFIX}"
 
 
+def mmvp_original_prompt(text: str, options: list[str]) -> str:
+    """eval/benchmarks/mmvp.py's `original` prompt style: the question, then Questions.csv's options."""
+    return f"{text} {mmvp_options(options)}"
+
+
+def mmvp_options(options: list[str]) -> str:
+    """The `Options` column of MMVP's Questions.csv: "(a) x (b) y"."""
+    return f"(a) {options[0]} (b) {options[1]}"
+
+
 def cv_bench_row_prompt(text: str, choices: list[str]) -> str:
     """A CV-Bench row's `prompt` column (the reader appends "\\n" + the letter instruction)."""
     listed = "\n".join(f"({letter}) {choice}" for letter, choice in zip("ABCDEFGH", choices))
@@ -116,9 +129,11 @@ def ask(scene: Scene, attribute: str, style: str, rng: random.Random) -> tuple[s
         return f"{question(scene, attribute)}\n{SHORT_SUFFIX}", truth
     if style == "sentence":
         return question(scene, attribute), sentence(scene, attribute)
-    if style == "mmvp":
+    if style in ("mmvp", "mmvp_original"):
         wrong = rng.choice([v for v in value_pool(scene, attribute) if v != truth])
         options = [truth, wrong] if rng.random() < 0.5 else [wrong, truth]
+        if style == "mmvp_original":
+            return mmvp_original_prompt(question(scene, attribute), options), truth
         return mmvp_prompt(question(scene, attribute), options), "AB"[options.index(truth)]
     if style == "cv_bench":
         if attribute == "count":

@@ -264,8 +264,9 @@ def reading_section(data: dict) -> str:
             "format, with the scene *described in words* where the image would be (a perfect projector in the LM's "
             "own words) and *blind* (no description): `world_mmvp` and `world_cv_bench` are every question of the "
             "world benchmarks, the others questions sampled in the benchmark and VQA formats about every attribute. "
-            "LLaVA adds the image to what its LM can do with a description: where `described` is at the `blind` "
-            "level, the LM does not read the scene, and no tower can change LLaVA's answers (world/language.py "
+            "This is where LLaVA's finetune starts, not its ceiling: the finetune trains the LM on answers about "
+            "images (world MMVP is asked in the format `study.mmvp` names, which the LM corpus may not hold), so "
+            "LLaVA can answer what its LM alone cannot read from a description (world/language.py "
             "`reading_check`).\n\n" + _table(["input", "format", *scenes.ATTRIBUTES], rows)
             + ("\n\nDescribed, on the scenes whose combination of attributes the LM corpus shows (`seen`) and on "
                "the combinations it never names (`unseen`, 20%): equal accuracy means the LM reads the description "
@@ -294,7 +295,8 @@ def downstream_section(data: dict) -> str:
         rows.append([metric, *cells])
     return ("LLaVA (pretrain + finetune, the same recipe) on each tower; world MMVP and CV-Bench accuracy (%): the "
             "benchmarks' headlines and the question accuracy per attribute asked, mean ± SE over seeds, with the "
-            "paired difference to the base tower's LLaVA (Δ). Chance is 50% for two options.\n\n"
+            "paired difference to the base tower's LLaVA (Δ). Chance: 50% of the questions with two options, 25% "
+            "of MMVP's pairs (both questions of a pair right), CV-Bench 25-50% (2-5 choices).\n\n"
             + _table(["metric", *towers], rows))
 
 
