@@ -46,6 +46,23 @@ def test_mean_se_and_paired_difference():
     assert (d, se, n) == (1.0, 0.0, 3)
 
 
+def test_downstream_section_pairs_each_feedback_llava_with_the_base_and_its_control():
+    from world.report import downstream_section
+
+    table = {"mmvp/question_accuracy": {"base": {1: 60.0, 2: 58.0, 3: 62.0},
+                                        "diva-feedback": {1: 55.0, 2: 54.0, 3: 57.0},
+                                        "diva-control": {1: 57.0, 2: 56.0, 3: 59.0}},
+             "cv-bench/count": {"base": {1: 25.0}, "diva-feedback": {1: 25.0}}}
+    text = downstream_section({"table": table})
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if " − " in line}
+    assert set(rows) == {"diva-feedback − base", "diva-feedback − diva-control", "diva-control − base"}
+    assert "| -2.0 ± 0.0 | 3 | **harm** |" in rows["diva-feedback − diva-control"]
+    assert "cv-bench" not in "".join(rows.values())  # CV-Bench answers at chance: no paired rows
+    # without a control downstream, the feedback tower is compared with the base tower only
+    del table["mmvp/question_accuracy"]["diva-control"]
+    assert "diva-control" not in downstream_section({"table": table})
+
+
 def test_language_corpus_reads_described_scenes_in_the_benchmark_formats():
     import re
 

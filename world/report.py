@@ -297,7 +297,31 @@ def downstream_section(data: dict) -> str:
             "benchmarks' headlines and the question accuracy per attribute asked, mean ± SE over seeds, with the "
             "paired difference to the base tower's LLaVA (Δ). Chance: 50% of the questions with two options, 25% "
             "of MMVP's pairs (both questions of a pair right), CV-Bench 25-50% (2-5 choices).\n\n"
-            + _table(["metric", *towers], rows))
+            + _table(["metric", *towers], rows) + _downstream_differences(table, metrics, towers))
+
+
+def _downstream_differences(table: dict, metrics: list[str], towers: list[str]) -> str:
+    """World MMVP of each enhanced tower's LLaVA against the base tower's and, where the study also sent the
+    method's matched control downstream, against the control's: what the feedback term itself changed."""
+    comparisons = []
+    for tower in towers:
+        if tower.endswith("-feedback"):
+            comparisons.append((tower, "base"))
+            control = tower[: -len("feedback")] + "control"
+            if control in towers:
+                comparisons += [(tower, control), (control, "base")]
+    rows = []
+    for tower, ref in comparisons:
+        for metric in metrics:
+            values = table[metric]
+            if metric.startswith("mmvp/") and tower in values and ref in values:  # CV-Bench: at its chance level
+                m, se, n = paired(values[tower], values[ref])
+                rows.append([f"{tower} − {ref}", metric, _fmt(m, se, n), str(n), _verdict(m, se, n)])
+    if not rows:
+        return ""
+    return ("\n\nPaired over seeds (the same seed's world and LLaVA data); a verdict needs a difference above 2 SE "
+            f"with at least {MIN_SEEDS_FOR_VERDICT} seeds.\n\n"
+            + _table(["comparison", "metric", "difference ± SE (points)", "seeds", "verdict"], rows))
 
 
 def plot(data: dict, out_dir: Path) -> list[Path]:
