@@ -170,33 +170,3 @@ def _record(out: Path, name: str, status: str, seconds: float, cpu_seconds: floa
     with (out / "jobs.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
 
-
-def schedule(jobs: list[Job], seconds: dict[str, float], parallel: int) -> tuple[float, dict[str, tuple[float, float]]]:
-    """The wall time `run_jobs(jobs, parallel=parallel)` would take if each job took `seconds[name]`
-    (e.g. measured one at a time, from a jobs.jsonl): the same policy, jobs started in list order as
-    soon as their dependencies are done and a slot is free. Returns (wall seconds, job -> (start, end)).
-    A computed figure: it assumes jobs side by side do not slow each other down."""
-    by_name = {j.name: j for j in jobs}
-    missing = sorted(set(by_name) - set(seconds))
-    if missing:
-        raise ValueError(f"no seconds for job(s) {', '.join(missing)}")
-    for job in jobs:
-        unknown = [d for d in job.deps if d not in by_name]
-        if unknown:
-            raise ValueError(f"job {job.name} depends on {unknown[0]}, which is not in the graph")
-    times: dict[str, tuple[float, float]] = {}
-    waiting, running, now = list(jobs), {}, 0.0
-    while waiting or running:
-        for job in list(waiting):
-            if len(running) >= parallel:
-                break
-            if all(d in times and d not in running for d in job.deps):
-                times[job.name] = (now, now + seconds[job.name])
-                running[job.name] = now + seconds[job.name]
-                waiting.remove(job)
-        if not running:
-            raise ValueError(f"jobs {', '.join(j.name for j in waiting)} wait on dependencies that never finish")
-        now = min(running.values())
-        for name in [n for n, end in running.items() if end <= now]:
-            del running[name]
-    return max((end for _, end in times.values()), default=0.0), times

@@ -2,9 +2,7 @@
 import json
 import sys
 
-import pytest
-
-from llava_plugin.jobs import Job, run_jobs, schedule
+from llava_plugin.jobs import Job, run_jobs
 
 
 def test_job_graph_runs_in_dependency_order_reuses_and_skips_after_failure(tmp_path):
@@ -47,20 +45,6 @@ def test_jobs_run_as_their_own_process_groups_and_failures_name_their_error(tmp_
                       tmp_path / "study", parallel=2, desc="test")
     assert status == {"clean": "done", "fails": "failed"}
     assert "fails failed (exit 1): bad flag --x: use --y; its log:" in capsys.readouterr().err
-
-
-def test_schedule_computes_the_wall_time_of_run_jobs_policy():
-    """Jobs start in list order once their dependencies are done and a slot is free."""
-    jobs = [Job("b", [], None, ["a"]), Job("a", [], None), Job("c", [], None), Job("d", [], None, ["c"])]
-    seconds = {"a": 10, "b": 5, "c": 3, "d": 4}
-    wall, times = schedule(jobs, seconds, parallel=2)
-    assert times == {"a": (0, 10), "c": (0, 3), "d": (3, 7), "b": (10, 15)} and wall == 15
-    wall, times = schedule(jobs, seconds, parallel=1)
-    assert wall == sum(seconds.values()) and times["b"] == (10, 15)  # b goes first once a is done
-    with pytest.raises(ValueError, match="no seconds for job"):
-        schedule(jobs, {"a": 1}, parallel=2)
-    with pytest.raises(ValueError, match="not in the graph"):
-        schedule([Job("x", [], None, ["y"])], {"x": 1}, parallel=1)
 
 
 def test_jobs_record_their_cpu_seconds(tmp_path):
