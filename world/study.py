@@ -62,7 +62,6 @@ class StudyConfig:
     mmvp_vlm: dict[str, Any] = _help("Extra flags of `eval mmvp-vlm` for the world set.", factory=dict)
     mmvp: dict[str, Any] = _help("Extra flags of `eval mmvp` for world MMVP (e.g. prompt-style: original).",
                                  factory=dict)
-    cv_bench: dict[str, Any] = _help("Extra flags of `eval cv-bench` for world CV-Bench.", factory=dict)
     probe: dict[str, Any] = _help("Extra flags of `world probe` (n-train, n-test, n-pairs).", factory=dict)
     sensitivity: dict[str, Any] = _help("Extra flags of `world sensitivity` (n).", factory=dict)
     reading: dict[str, Any] = _help("Extra flags of `world reading` (n).", factory=dict)
@@ -171,7 +170,7 @@ def llava_jobs(cfg: StudyConfig, tower: str, where: tuple[Path, str], zoo: Path,
                      str(_zoo_data(zoo, "llava_finetune").parent), "--output", str(run / "finetune"), *sets),
             llava_dir / "genfeedback.json", [pre]),  # written last, after the export is complete
     ]
-    for bench, flags in (("mmvp", ["--no-fix-label-swap", *_flags(cfg.mmvp)]), ("cv-bench", _flags(cfg.cv_bench))):
+    for bench, flags in (("mmvp", ["--no-fix-label-swap", *_flags(cfg.mmvp)]), ("cv-bench", [])):
         result = run / "eval" / bench
         jobs.append(Job(f"{bench}/seed-{seed}/{tower}", _py("eval", bench, "--model", str(llava_dir), "--data",
                                                              str(_zoo_data(zoo, bench.replace("-", "_"))), "--output",
