@@ -141,8 +141,10 @@ def genfeedback_run(zoo: dict, out: Path, procs: int, steps: int, cores: str, wo
             "samples": [r["samples"] for r in rows], "first_loss": rows[0]["loss"]}
 
 
-def original_run(peer: dict, zoo: dict, out: Path, procs: int, steps: int, cores: str, work: Path,
-                 launcher: str) -> dict:
+def original_command(peer: dict, zoo: dict, out: Path, procs: int, steps: int, work: Path,
+                     launcher: str) -> tuple[list[str], dict]:
+    """The original's training command (through peer_runner.py) and its environment; it runs in
+    the checkout, and writes its step clock to `out`/times.json."""
     args = ["--model_name_or_path", peer["llm"], "--version", "v1", "--data_path", zoo["data"],
             "--image_folder", zoo["images"], "--vision_tower", zoo["clip"], "--mm_projector_type", "mlp2x_gelu",
             "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
@@ -162,10 +164,16 @@ def original_run(peer: dict, zoo: dict, out: Path, procs: int, steps: int, cores
     else:
         argv = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", str(RUNNER),
                 *args, "--ddp_backend", "gloo"]
-    out.mkdir(parents=True, exist_ok=True)
     env = thread_env()
     env.update(PYTHONPATH=str(peer["checkout"]), PEER_TIMES=str(out / "times.json"),
                TORCH_EXTENSIONS_DIR=str(work / "torch_extensions-original"))
+    return argv, env
+
+
+def original_run(peer: dict, zoo: dict, out: Path, procs: int, steps: int, cores: str, work: Path,
+                 launcher: str) -> dict:
+    argv, env = original_command(peer, zoo, out, procs, steps, work, launcher)
+    out.mkdir(parents=True, exist_ok=True)
     measured = run_measured(["taskset", "-c", cores, *argv], env, out.with_suffix(".log"), cwd=peer["checkout"])
     times = json.loads((out / "times.json").read_text())
     ends = [times["train_begin"], *times["step_ends"]]
@@ -208,9 +216,23 @@ def tiny_zoo(path: Path | None, work: Path) -> dict:
     """The paths both trainers read: `path`'s zoo, or one built under `work` (vision, llm, data)."""
     from llava_plugin.toy import open_zoo
 
-    zoo = open_zoo(path or work / "zoo", parts=["vision", "llm", "data"])
+    return finetune_paths(open_zoo(path or work / "zoo", parts=["vision", "llm", "data"]))
+
+
+def finetune_paths(zoo) -> dict:
+    """A tiny zoo's (llava_plugin.toy) tower, LLM, finetune data and images, as both trainers take them."""
     return {"clip": str(zoo.clip), "llm": str(zoo.llm), "data": str(zoo.data["llava_finetune"]),
             "images": str(zoo.data["llava_image_folder"])}
+
+
+def peer_side(checkout: Path, work: Path, zoo: dict, deepspeed: bool) -> dict:
+    """What the original's runs need: the checkout, its side venv(s) under `work`, and the LLM with
+    a legacy tokenizer config."""
+    peer = {"checkout": checkout.resolve(), "python": str(side_venv(work / "venv", deepspeed=False)),
+            "llm": str(legacy_tokenizer_copy(Path(zoo["llm"]), work / "llm-legacy-tokenizer"))}
+    if deepspeed:
+        peer["python_ds"] = str(side_venv(work / "venv-deepspeed", deepspeed=True))
+    return peer
 
 
 def main(argv=None) -> int:
@@ -242,10 +264,7 @@ def main(argv=None) -> int:
 
 def _measure(args: argparse.Namespace, procs: list[int]) -> int:
     zoo = tiny_zoo(args.zoo, args.work)
-    peer = {"checkout": args.llava.resolve(), "python": str(side_venv(args.work / "venv", deepspeed=False)),
-            "llm": str(legacy_tokenizer_copy(Path(zoo["llm"]), args.work / "llm-legacy-tokenizer"))}
-    if max(procs) > 1:
-        peer["python_ds"] = str(side_venv(args.work / "venv-deepspeed", deepspeed=True))
+    peer = peer_side(args.llava, args.work, zoo, deepspeed=max(procs) > 1)
     results = []
     for n in procs:
         cores = "1" if n == 1 else f"0-{n - 1}"

@@ -4,8 +4,8 @@
 
 This file is ours; the LLaVA code it runs is the user's checkout (on PYTHONPATH), unmodified.
 It adds one `transformers.TrainerCallback` to the callbacks every HF Trainer starts with
-(`transformers.trainer.DEFAULT_CALLBACKS`), which notes `time.perf_counter()` at the end of every
-optimizer step, then calls `llava.train.train.train()`. When training ends, rank 0 writes the
+(`transformers.trainer.DEFAULT_CALLBACKS`), which prints a "ready to train" line when training
+begins and notes `time.perf_counter()` then and at the end of every optimizer step, then calls `llava.train.train.train()`. When training ends, rank 0 writes the
 step-end times and the process's peak RSS, and every rank exits at once: the benchmark needs no
 weights, and LLaVA's save under DeepSpeed calls `torch.cuda.synchronize()`, which fails on CPU.
 """
@@ -18,6 +18,10 @@ import time
 import transformers.trainer as hf_trainer
 from transformers import TrainerCallback
 
+# printed when the Trainer has its model, data and optimizer and is about to take the first step:
+# the point benchmarks/startup.py times, as genfeedback's trainers log "ready to train" there
+READY = "peer_runner: ready to train"
+
 
 class StepClock(TrainerCallback):
     def __init__(self):
@@ -27,6 +31,7 @@ class StepClock(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.train_begin = time.perf_counter()
+        print(READY, flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step_ends.append(time.perf_counter())

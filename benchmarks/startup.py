@@ -1,6 +1,7 @@
 """Start-up: how long each training stage takes to be ready to train, over `import torch`.
 
     python benchmarks/startup.py [--zoo DIR] [--stages finetune,pretrain,enhance] [--rounds 5] [--json OUT]
+    python benchmarks/startup.py --llava PATH/TO/LLaVA --stages finetune,imports,original,original-imports
 
 What is measured. Every trainer logs "ready to train" once its engine is built, its data is
 open and (on a fresh run) its start hook has run, just before the first step. A stage's
@@ -22,6 +23,14 @@ The stages, one process each (the trainer then runs DeepSpeed at ZeRO stage 0):
   they cannot train without (DeepSpeed; transformers with the CLIP, Llama and LLaVA classes, its
   image processor and tokenizers; that brings torchvision, torch._dynamo, scipy and accelerate),
   timed to its line. What a LLaVA stage takes beyond this row is genfeedback's own start-up.
+- original: with --llava, the peer: the original LLaVA's `llava/train/train.py`, run from the user's
+  checkout by benchmarks/peer_runner.py in benchmarks/llava_peer.py's side venv (its pinned stack,
+  torch 2.13.0), with the finetune's arguments of that benchmark and 1 step, timed to the line the
+  runner prints when the HF Trainer begins training (model, data and optimizer built). Its
+  yardstick is `import torch` in that venv ("original-torch"), timed the same way.
+- original-imports: the original's floor, in its venv: torch.distributed and what its train.py and
+  CLIP tower take from transformers (the Trainer, the tokenizer, CLIP and Llama classes, the image
+  processor).
 
 Every command runs pinned to `--cores` (default core 1, as benchmarks/llava_peer.py), offline,
 with the rest of the environment as it is. The file cache is warm: one unmeasured run of each
@@ -40,21 +49,32 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark that runs the original
+import llava_peer
+
 REPO = Path(__file__).resolve().parents[1]
 READY = "ready to train"
-STAGES = ("finetune", "pretrain", "enhance", "imports")
+PEER_STAGES = ("original", "original-imports")
+TRAINING = ("finetune", "pretrain", "enhance", "original")  # timed to "ready to train"; the rest to IMPORTED
+STAGES = ("finetune", "pretrain", "enhance", "imports", *PEER_STAGES)
 IMPORTED = "startup benchmark: imported"
 TORCH = [sys.executable, "-c", f"import torch; print({IMPORTED!r}, flush=True)"]
+# each stage's `import torch` (genfeedback's: "torch"), and the imports row under it
+YARDSTICK = {stage: "original-torch" for stage in PEER_STAGES}
+FLOOR = {"finetune": "imports", "pretrain": "imports", "enhance": "imports", "original": "original-imports"}
 LIBRARY_IMPORTS = [sys.executable, "-c", ("import deepspeed, deepspeed.comm.torch, transformers; from transformers "
                                          "import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, LlamaForCausalLM, "
                                          f"LlavaForConditionalGeneration, LlavaProcessor; print({IMPORTED!r}, flush=True)")]
+ORIGINAL_IMPORTS = ["-c", ("import torch.distributed, transformers; from transformers import AutoTokenizer, "
+                           "CLIPImageProcessor, CLIPVisionModel, LlamaForCausalLM, Trainer; "
+                           f"print({IMPORTED!r}, flush=True)")]
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def stage_command(stage: str, zoo, out: Path) -> list[str]:
+def stage_command(stage: str, zoo, out: Path | None) -> list[str]:
     common = ["--output", str(out), "--max-steps", "1", "--set", "checkpointing.resume=none",
               "--set", "logging.progress_bar=false"]
     if stage == "imports":
@@ -74,12 +94,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed_run(argv: list[str], env: dict, log_file: Path, marker: str) -> dict:
+def timed_run(argv: list[str], env: dict, log_file: Path, marker: str, cwd: Path = REPO) -> dict:
     """Spawn `argv` and time it to `marker`'s first appearance in its output: wall seconds, and the
     process's CPU seconds then. The run must go on to exit 0."""
     with open(log_file, "w") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True)
         seen = None
         for line in proc.stdout:
             if seen is None and marker in line:
@@ -98,9 +118,10 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def summarize(rounds: list[dict], stage: str, base: str = "torch") -> dict:
-    """Rounds of {name: {wall_s, cpu_s}}: `stage`'s and `base`'s medians and ranges, and the median
-    and range of the per-round difference stage - base."""
+def summarize(rounds: list[dict], stage: str, base: str | None = None) -> dict:
+    """Rounds of {name: {wall_s, cpu_s}}: `stage`'s and `base`'s (by default its `import torch`)
+    medians and ranges, and the median and range of the per-round difference stage - base."""
+    base = base or YARDSTICK.get(stage, "torch")
     return {"stage": {k: spread([r[stage][k] for r in rounds]) for k in ("wall_s", "cpu_s")},
             "base": {k: spread([r[base][k] for r in rounds]) for k in ("wall_s", "cpu_s")},
             "over": {k: spread([r[stage][k] - r[base][k] for r in rounds]) for k in ("wall_s", "cpu_s")}}
@@ -111,36 +132,52 @@ def _fmt(s: dict) -> str:
 
 
 def table(rounds: list[dict], stages: list[str]) -> str:
-    floor = "imports" in stages
+    floors = {stage: FLOOR[stage] for stage in stages if FLOOR.get(stage) in stages}
     lines = ["| stage (1 process) | ready to train, s | `import torch`, s | over torch, wall s | over torch, CPU s |"
-             + (" over the imports row, CPU s |" if floor else ""),
-             "|---|---|---|---|---|" + ("---|" if floor else "")]
+             + (" over its imports row, CPU s |" if floors else ""),
+             "|---|---|---|---|---|" + ("---|" if floors else "")]
     for stage in stages:
         s = summarize(rounds, stage)
         cells = [stage, _fmt(s["stage"]["wall_s"]), _fmt(s["base"]["wall_s"]), f"**{_fmt(s['over']['wall_s'])}**",
                  _fmt(s["over"]["cpu_s"])]
-        if floor:
-            cells.append("" if stage == "imports" else _fmt(summarize(rounds, stage, "imports")["over"]["cpu_s"]))
+        if floors:
+            cells.append(_fmt(summarize(rounds, stage, floors[stage])["over"]["cpu_s"]) if stage in floors else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"median (min-max) over {len(rounds)} rounds of the differences within a round; `import torch` "
-                 "and the imports row are timed to a line printed after their imports")
+                 "and the imports rows are timed to a line printed after their imports"
+                 + ("; original*: the original LLaVA's, in its own venv, over that venv's `import torch`"
+                    if set(PEER_STAGES) & set(stages) else ""))
     return "\n".join(lines)
 
 
-def measure(stages: list[str], zoo, rounds: int, work: Path, cores: str) -> list[dict]:
-    """`rounds` rounds; each runs `import torch` and every stage once, in an order rotated each round."""
-    from llava_plugin.distributed import child_environment
-
-    env = {**child_environment(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def measure(stages: list[str], zoo, rounds: int, work: Path, cores: str, llava: Path | None = None) -> list[dict]:
+    """`rounds` rounds; each runs `import torch` and every stage once, in an order rotated each round.
+    Every command gets llava_peer's environment: one thread, offline, CPU."""
+    env = {**llava_peer.thread_env(), "TRANSFORMERS_OFFLINE": "1"}
     pin = ["taskset", "-c", cores] if cores else []
-    outs = {stage: work / "runs" / stage for stage in stages}
-    runs = {"torch": pin + TORCH, **{stage: pin + stage_command(stage, zoo, outs[stage]) for stage in stages}}
-    markers = {name: IMPORTED if name in ("torch", "imports") else READY for name in runs}
+    outs = {stage: work / "runs" / stage for stage in stages if stage in TRAINING}
+    runs = {"torch": pin + TORCH}
+    envs, cwds = {}, {}
+    if set(PEER_STAGES) & set(stages):
+        paths = llava_peer.finetune_paths(zoo)
+        peer = llava_peer.peer_side(llava, work / "peer", paths, deepspeed=False)
+        runs["original-torch"] = pin + [peer["python"], *TORCH[1:]]
+    for stage in stages:
+        if stage == "original":
+            argv, envs[stage] = llava_peer.original_command(peer, paths, outs[stage], 1, 1, work, "python")
+            runs[stage], cwds[stage] = pin + argv, peer["checkout"]
+        elif stage == "original-imports":
+            runs[stage] = pin + [peer["python"], *ORIGINAL_IMPORTS]
+        else:
+            runs[stage] = pin + stage_command(stage, zoo, outs.get(stage))
+    markers = {name: READY if name in TRAINING else IMPORTED for name in runs}
 
     def run(name: str, tag: str) -> dict:
         if name in outs:
             shutil.rmtree(outs[name], ignore_errors=True)
-        return timed_run(runs[name], env, work / f"{name}-{tag}.log", markers[name])
+            outs[name].mkdir(parents=True)
+        return timed_run(runs[name], envs.get(name, env), work / f"{name}-{tag}.log", markers[name],
+                         cwds.get(name, REPO))
 
     for name in runs:  # warm the file cache; not measured
         run(name, "warmup")
@@ -166,18 +203,24 @@ def main(argv=None) -> int:
     parser.add_argument("--zoo", type=Path, help="an existing tiny zoo (python -m llava_plugin.toy --out DIR)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "genfeedback-startup",
                         help="zoo, run directories and logs")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
+    parser.add_argument("--stages", help=f"comma-separated, from {', '.join(STAGES)} (default: all; the "
+                                         "original's only with --llava)")
+    parser.add_argument("--llava", type=Path, help="your checkout of haotian-liu/LLaVA, to time the original too")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per stage")
     parser.add_argument("--cores", default="1", help="taskset core list for every command ('' for no pinning)")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args(argv)
-    stages = [s for s in args.stages.split(",") if s]
+    stages = ([s for s in args.stages.split(",") if s] if args.stages is not None
+              else [s for s in STAGES if s not in PEER_STAGES or args.llava])
     if not stages or set(stages) - set(STAGES):
         parser.error(f"--stages {args.stages!r}: expected a comma-separated subset of {', '.join(STAGES)}")
+    if set(PEER_STAGES) & set(stages) and not (args.llava and (args.llava / "llava" / "train" / "train.py").is_file()):
+        given = f"--llava {args.llava} has no llava/train/train.py" if args.llava else "no --llava given"
+        parser.error(f"{given}: the original's stages need --llava PATH, a checkout of haotian-liu/LLaVA")
     args.work.mkdir(parents=True, exist_ok=True)
     try:
-        rounds = measure(stages, tiny_zoo(args.zoo, args.work), args.rounds, args.work, args.cores)
-    except RuntimeError as err:  # a run failed: its log says why
+        rounds = measure(stages, tiny_zoo(args.zoo, args.work), args.rounds, args.work, args.cores, args.llava)
+    except (RuntimeError, subprocess.CalledProcessError) as err:  # a run failed: its log says why
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table(rounds, stages))

@@ -104,3 +104,22 @@ def test_startup_reports_each_rounds_difference_over_torch_and_over_the_imports(
     lines = startup.table(rounds, ["finetune", "imports"]).splitlines()
     assert lines[2] == "| finetune | 6.00 (5.00-9.00) | 2.50 (2.00-4.00) | **4.00 (2.50-5.00)** | 3.00 (2.50-3.50) | 0.50 (0.50-1.00) |"
     assert lines[3].startswith("| imports | 5.00 (4.00-6.00) |") and lines[3].endswith("|  |")
+
+
+def test_startup_puts_the_original_over_its_own_torch_and_its_own_imports():
+    startup = load("startup")
+    times = {"torch": 2.0, "imports": 5.0, "finetune": 6.0, "original-torch": 1.0, "original-imports": 2.5,
+             "original": 3.0}
+    rounds = [{name: {"wall_s": t, "cpu_s": t} for name, t in times.items()}]
+    assert startup.summarize(rounds, "original")["over"]["cpu_s"]["median"] == 2.0  # 3.0 - its torch's 1.0
+    rows = {line.split(" | ")[0]: line for line in startup.table(
+        rounds, ["finetune", "imports", "original", "original-imports"]).splitlines()}
+    assert rows["| finetune"].endswith("| 1.00 (1.00-1.00) |")  # over genfeedback's imports row
+    assert rows["| original"].endswith("| **2.00 (2.00-2.00)** | 2.00 (2.00-2.00) | 0.50 (0.50-0.50) |")
+    assert rows["| original-imports"].startswith("| original-imports | 2.50 (2.50-2.50) | 1.00 (1.00-1.00) |")
+
+
+def test_startup_needs_a_llava_checkout_for_the_originals_stages(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load("startup").main(["--stages", "finetune,original", "--work", str(tmp_path)])
+    assert exit_info.value.code == 2 and "no --llava given: the original's stages need --llava PATH" in capsys.readouterr().err
