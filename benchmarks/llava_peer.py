@@ -225,6 +225,13 @@ def finetune_paths(zoo) -> dict:
             "images": str(zoo.data["llava_image_folder"])}
 
 
+def checkout_problem(checkout: Path) -> str | None:
+    """Why `checkout` is not a checkout of haotian-liu/LLaVA that these benchmarks can run, or None."""
+    if not (checkout / "llava" / "train" / "train.py").is_file():
+        return f"--llava {checkout}: no llava/train/train.py there; pass a checkout of haotian-liu/LLaVA"
+    return None
+
+
 def peer_side(checkout: Path, work: Path, zoo: dict, deepspeed: bool) -> dict:
     """What the original's runs need: the checkout, its side venv(s) under `work`, and the LLM with
     a legacy tokenizer config."""
@@ -249,8 +256,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ddp", action="store_true", help="2+ processes: also time the original under torchrun")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args(argv)
-    if not (args.llava / "llava" / "train" / "train.py").is_file():
-        parser.error(f"--llava {args.llava}: no llava/train/train.py there; pass a checkout of haotian-liu/LLaVA")
+    if problem := checkout_problem(args.llava):
+        parser.error(problem)
     args.work.mkdir(parents=True, exist_ok=True)
     procs = [int(p) for p in args.procs.split(",")]
     if max(procs) > (os.cpu_count() or 1):

@@ -5,8 +5,9 @@
 This file is ours; the LLaVA code it runs is the user's checkout (on PYTHONPATH), unmodified.
 It adds one `transformers.TrainerCallback` to the callbacks every HF Trainer starts with
 (`transformers.trainer.DEFAULT_CALLBACKS`), which prints a "ready to train" line when training
-begins and notes `time.perf_counter()` then and at the end of every optimizer step, then calls `llava.train.train.train()`. When training ends, rank 0 writes the
-step-end times and the process's peak RSS, and every rank exits at once: the benchmark needs no
+begins and notes `time.perf_counter()` then and at the end of every optimizer step, then calls
+`llava.train.train.train()`. When training ends, rank 0 writes the step-end times and the
+process's peak RSS, and every rank exits at once: the benchmark needs no
 weights, and LLaVA's save under DeepSpeed calls `torch.cuda.synchronize()`, which fails on CPU.
 """
 import json

@@ -32,8 +32,9 @@ The stages, one process each (the trainer then runs DeepSpeed at ZeRO stage 0):
   CLIP tower take from transformers (the Trainer, the tokenizer, CLIP and Llama classes, the image
   processor).
 
-Every command runs pinned to `--cores` (default core 1, as benchmarks/llava_peer.py), offline,
-with the rest of the environment as it is. The file cache is warm: one unmeasured run of each
+Every command runs pinned to `--cores` (default core 1, as benchmarks/llava_peer.py), in
+llava_peer.py's environment (one thread, offline, CPU; no rendezvous inherited), with the rest of
+the environment as it is. The file cache is warm: one unmeasured run of each
 command comes first.
 """
 from __future__ import annotations
@@ -75,10 +76,11 @@ def log(message: str) -> None:
 
 
 def stage_command(stage: str, zoo, out: Path | None) -> list[str]:
-    common = ["--output", str(out), "--max-steps", "1", "--set", "checkpointing.resume=none",
-              "--set", "logging.progress_bar=false"]
+    """A genfeedback stage's 1-step command writing to `out`; the imports row's, which writes nothing."""
     if stage == "imports":
         return LIBRARY_IMPORTS
+    common = ["--output", str(out), "--max-steps", "1", "--set", "checkpointing.resume=none",
+              "--set", "logging.progress_bar=false"]
     if stage == "enhance":
         return [sys.executable, "-m", "enhance", "train", "--preset", "tiny-diva", "--zoo", str(zoo.root), *common]
     data = {"finetune": ("llava_finetune", "llava_image_folder"),
@@ -214,9 +216,11 @@ def main(argv=None) -> int:
               else [s for s in STAGES if s not in PEER_STAGES or args.llava])
     if not stages or set(stages) - set(STAGES):
         parser.error(f"--stages {args.stages!r}: expected a comma-separated subset of {', '.join(STAGES)}")
-    if set(PEER_STAGES) & set(stages) and not (args.llava and (args.llava / "llava" / "train" / "train.py").is_file()):
-        given = f"--llava {args.llava} has no llava/train/train.py" if args.llava else "no --llava given"
-        parser.error(f"{given}: the original's stages need --llava PATH, a checkout of haotian-liu/LLaVA")
+    if set(PEER_STAGES) & set(stages):
+        if args.llava is None:
+            parser.error("no --llava given: the original's stages need --llava PATH, a checkout of haotian-liu/LLaVA")
+        if problem := llava_peer.checkout_problem(args.llava):
+            parser.error(problem)
     args.work.mkdir(parents=True, exist_ok=True)
     try:
         rounds = measure(stages, tiny_zoo(args.zoo, args.work), args.rounds, args.work, args.cores, args.llava)

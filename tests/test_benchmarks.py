@@ -123,3 +123,6 @@ def test_startup_needs_a_llava_checkout_for_the_originals_stages(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         load("startup").main(["--stages", "finetune,original", "--work", str(tmp_path)])
     assert exit_info.value.code == 2 and "no --llava given: the original's stages need --llava PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        load("startup").main(["--stages", "original", "--llava", str(tmp_path), "--work", str(tmp_path)])
+    assert exit_info.value.code == 2 and "no llava/train/train.py there" in capsys.readouterr().err
